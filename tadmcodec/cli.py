@@ -1,0 +1,389 @@
+"""The `tadm` command line: thin wrappers over `tadmcodec.codec`.
+
+Data goes to stdout only when asked for with `-o -`; messages, warnings and
+progress go to stderr. Every user error is one line, `tadm: ...`, with exit
+code 2; a batch reports each failed file and exits 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+import click
+
+from tadmcodec import __version__, container, registry
+from tadmcodec.errors import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, TadmError
+from tadmcodec.files import STDIO, Job, plan, read_source, write_target
+from tadmcodec.imageio import INPUT_EXTENSIONS, load_image, output_format, parse_colour, save_image
+
+METADATA_CHOICES = ("none", "icc", "exif", "all")
+
+
+def _err(message: str) -> None:
+    click.echo(f"tadm: {message}", err=True)
+
+
+class Reporter:
+    """Progress bar and per-file messages on stderr (bar only on a terminal, and not with -q)."""
+
+    def __init__(self, total: int, quiet: bool, verbose: bool, label: str) -> None:
+        self.quiet, self.verbose = quiet, verbose
+        self._progress = None
+        if total > 1 and not quiet and sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._progress = Progress(
+                TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                console=Console(stderr=True), transient=True,
+            )
+            self._task = self._progress.add_task(label, total=total)
+
+    def __enter__(self) -> "Reporter":
+        if self._progress is not None:
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def advance(self) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._task)
+
+    def say(self, message: str) -> None:
+        if self._progress is not None:
+            self._progress.console.print(message, markup=False, highlight=False)
+        else:
+            click.echo(message, err=True)
+
+    def info(self, message: str) -> None:
+        if self.verbose:
+            self.say(message)
+
+    def warn(self, message: str) -> None:
+        if not self.quiet:
+            self.say(f"tadm: warning: {message}")
+
+
+def run_jobs(jobs: list[Job], work: Callable[[Job, Reporter], None], jobs_n: int, quiet: bool, verbose: bool, label: str) -> int:
+    """Run every job, report failures one line each, and return the exit code."""
+    failures: list[tuple[Job, TadmError | Exception]] = []
+    with Reporter(len(jobs), quiet, verbose, label) as rep:
+
+        def one(job: Job) -> None:
+            try:
+                work(job, rep)
+            except TadmError as exc:
+                failures.append((job, exc))
+                rep.say(f"tadm: {_name(job.source)}: {exc}")
+            except Exception as exc:  # a bug, not the user's fault: still one line, never a traceback
+                failures.append((job, exc))
+                rep.say(f"tadm: {_name(job.source)}: internal error: {type(exc).__name__}: {exc}")
+                if os.environ.get("TADM_DEBUG"):
+                    raise
+            finally:
+                rep.advance()
+
+        if jobs_n > 1 and len(jobs) > 1:
+            with ThreadPoolExecutor(max_workers=jobs_n) as pool:
+                list(pool.map(one, jobs))
+        else:
+            for job in jobs:
+                one(job)
+    if not failures:
+        return EXIT_OK
+    if len(jobs) == 1:
+        exc = failures[0][1]
+        return exc.exit_code if isinstance(exc, TadmError) else EXIT_SOME_FAILED
+    rep.say(f"tadm: {len(failures)} of {len(jobs)} files failed")
+    return EXIT_SOME_FAILED
+
+
+def _name(source: str) -> str:
+    return "<stdin>" if source == STDIO else source
+
+
+def _check_binary_stdout(jobs: list[Job]) -> None:
+    if any(j.target == STDIO for j in jobs) and sys.stdout.isatty():
+        raise TadmError("refusing to write binary data to a terminal: use -o FILE or redirect stdout")
+
+
+def _make_codec(device: str, model: str | None, model_dir: str | None):
+    from tadmcodec.codec import Codec  # keeps `tadm info`/`tadm models` light
+
+    dirs = {}
+    if model_dir is not None:
+        if model is None:
+            raise TadmError("--model-dir needs --model NAME")
+        dirs[model] = Path(model_dir)
+    return Codec(device=device, model_dirs=dirs)
+
+
+common_output = [
+    click.option("-o", "--output", "output", metavar="OUT", help="Output file ('-' = stdout); one input only."),
+    click.option("-d", "--outdir", "outdir", metavar="OUTDIR", help="Output folder; input folder trees are mirrored."),
+    click.option("-f", "--force", is_flag=True, help="Overwrite existing output files (never inputs)."),
+    click.option("-j", "--jobs", type=click.IntRange(1, 64), default=1, show_default=True, help="Files processed at once."),
+    click.option("-q", "--quiet", is_flag=True, help="No progress bar or warnings."),
+    click.option("-v", "--verbose", is_flag=True, help="Per-file sizes, bpp and timings on stderr."),
+    click.option("--max-pixels", type=click.IntRange(1), default=container.DEFAULT_MAX_PIXELS, show_default=True,
+                 help="Refuse images (and files) with more pixels than this."),
+    click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True,
+                 help="Where TADM models run."),
+    click.option("--model-dir", metavar="DIR", help="Read the --model's weights from DIR (e.g. an imported sd21 model)."),
+]
+
+
+def with_options(options):
+    def deco(f):
+        for opt in reversed(options):
+            f = opt(f)
+        return f
+
+    return deco
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="tadm")
+def main() -> None:
+    """tadm: extreme-ratio image codec (0.01-0.2 bpp) built on TADM."""
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True, metavar="IN...")
+@with_options(common_output)
+@click.option("-s", "--scale", type=click.Choice(["8", "16", "32"]), help="Downscaling factor (default: the model's, else 16).")
+@click.option("-m", "--model", metavar="NAME", help="Model (see `tadm models`; default: tadm-tiny-x16 if available, else bicubic).")
+@click.option("--lr-codec", type=click.Choice(["auto", *container.LR_CODECS]), default="auto", show_default=True,
+              help="Lossless codec for the LR image (auto = smallest).")
+@click.option("--metadata", type=click.Choice(METADATA_CHOICES), default="none", show_default=True,
+              help="Input metadata to keep (costs bytes).")
+@click.option("--flatten", metavar="COLOUR", help="Composite transparent images onto COLOUR (e.g. white) instead of refusing them.")
+def encode(inputs, output, outdir, force, jobs, quiet, verbose, max_pixels, device, model_dir, scale, model, lr_codec, metadata, flatten):
+    """Compress images (files, folders, or '-' for stdin) to .tadm."""
+    scale_i = int(scale) if scale else None
+    model_name = model or registry.default_model(scale_i).name
+    codec = _make_codec(device, model, model_dir)
+    from tadmcodec.codec import bits_per_pixel, check_scale
+
+    scale_i = check_scale(codec.spec(model_name), scale_i)
+    bg = parse_colour(flatten) if flatten else None
+    job_list = plan(inputs, INPUT_EXTENSIONS, output, outdir, ".tadm")
+    _check_binary_stdout(job_list)
+
+    def work(job: Job, rep: Reporter) -> None:
+        t0 = time.perf_counter()
+        img = load_image(read_source(job.source), max_pixels=max_pixels, flatten=bg)
+        for note in img.notes:
+            rep.warn(f"{_name(job.source)}: {note}")
+        records = _metadata_records(img, metadata)
+        data = codec.encode(img.pixels, model=model_name, scale=scale_i, lr_codec=lr_codec, metadata=records)
+        write_target(job.target, data, force)
+        h, w = img.pixels.shape[:2]
+        rep.info(
+            f"{_name(job.source)} -> {_name(job.target)}: {w}x{h}, {len(data)} bytes, "
+            f"{bits_per_pixel(len(data), w, h):.4f} bpp, {model_name} x{scale_i}, {time.perf_counter() - t0:.2f} s"
+        )
+
+    sys.exit(run_jobs(job_list, work, jobs, quiet, verbose, "encoding"))
+
+
+def _metadata_records(img, which: str) -> tuple[container.MetadataRecord, ...]:
+    records = []
+    if which in ("icc", "all") and img.icc:
+        records.append(container.MetadataRecord(kind="icc", data=img.icc))
+    if which in ("exif", "all") and img.exif:
+        records.append(container.MetadataRecord(kind="exif", data=img.exif))
+    return tuple(records)
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True, metavar="IN...")
+@with_options(common_output)
+@click.option("--format", "fmt", type=click.Choice(["png", "webp", "jpg", "tiff", "bmp", "ppm"]),
+              help="Output format when writing to stdout or to -d (default png); otherwise from the -o extension.")
+@click.option("--timestep-map", metavar="FILE.png", help="Also write the predicted time-step map (one input only).")
+def decode(inputs, output, outdir, force, jobs, quiet, verbose, max_pixels, device, model_dir, fmt, timestep_map):
+    """Decompress .tadm files (files, folders, or '-' for stdin) to images."""
+    suffix = "." + (fmt or "png")
+    job_list = plan(inputs, (".tadm",), output, outdir, suffix)
+    if timestep_map is not None and len(job_list) != 1:
+        raise TadmError("--timestep-map works with one input file")
+    _check_binary_stdout(job_list)
+    codec = _make_codec(device, _model_of_dir(model_dir, job_list), model_dir)
+    from tadmcodec.codec import bits_per_pixel
+
+    def work(job: Job, rep: Reporter) -> None:
+        t0 = time.perf_counter()
+        data = read_source(job.source)
+        out_fmt = output_format(job.target, default=(fmt or "png").upper().replace("JPG", "JPEG"))
+        dec = codec.decode(data, max_pixels=max_pixels, want_timestep_map=timestep_map is not None)
+        meta = {r.kind: r.data for r in dec.header.metadata}
+        image_bytes = save_image(dec.pixels, out_fmt, icc=meta.get("icc"), exif=meta.get("exif"))
+        if timestep_map is not None:
+            write_target(timestep_map, _timestep_png(dec.timestep_map), force)
+        write_target(job.target, image_bytes, force)
+        hdr = dec.header
+        rep.info(
+            f"{_name(job.source)} -> {_name(job.target)}: {hdr.width}x{hdr.height}, {len(data)} bytes, "
+            f"{bits_per_pixel(len(data), hdr.width, hdr.height):.4f} bpp, {dec.model.name} x{hdr.scale}, "
+            f"{time.perf_counter() - t0:.2f} s"
+        )
+
+    sys.exit(run_jobs(job_list, work, jobs, quiet, verbose, "decoding"))
+
+
+def _model_of_dir(model_dir: str | None, jobs: list[Job]) -> str | None:
+    """With --model-dir, the model it replaces is the one the (first) file names."""
+    if model_dir is None:
+        return None
+    first = jobs[0]
+    if first.source == STDIO:
+        raise TadmError("--model-dir with stdin input: not supported (give the file name)")
+    header = container.unpack(read_source(first.source), max_pixels=2**62)
+    spec = registry.by_number(header.model_number)
+    if spec is None:
+        raise TadmError(f"file was made with model number {header.model_number}, unknown to this version of tadmcodec")
+    return spec.name
+
+
+def _timestep_png(tmap) -> bytes:
+    """Time-steps as an 8-bit grey PNG at latent resolution: pixel value = time-step (TPM limits it to 10..200)."""
+    import numpy as np
+    from PIL import Image
+    import io
+
+    arr = np.clip(np.round(np.asarray(tmap, dtype=np.float64)), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr, "L").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, metavar="FILE...")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per file, one per line.")
+@click.option("--max-pixels", type=click.IntRange(1), default=container.DEFAULT_MAX_PIXELS, show_default=True)
+def info(files, as_json, max_pixels):
+    """Show what a .tadm file holds (no model is loaded)."""
+    from tadmcodec.codec import bits_per_pixel
+    from tadmcodec.rescaler import lr_size
+
+    failed = 0
+    for name in files:
+        try:
+            data = read_source(name)
+            f = container.unpack(data, max_pixels=max_pixels)
+        except TadmError as exc:
+            _err(f"{_name(name)}: {exc}")
+            failed += 1
+            continue
+        spec = registry.by_number(f.model_number)
+        lw, lh = lr_size(f.width, f.height, f.scale)
+        meta_bytes = sum(len(r.data) for r in f.metadata)
+        d = {
+            "file": name,
+            "version": f"{f.version[0]}.{f.version[1]}",
+            "width": f.width,
+            "height": f.height,
+            "scale": f.scale,
+            "lr_width": lw,
+            "lr_height": lh,
+            "lr_codec": f.lr_codec,
+            "model": spec.name if spec else None,
+            "model_number": f.model_number,
+            "model_digest": f.model_digest.hex(),
+            "bytes": len(data),
+            "payload_bytes": len(f.payload),
+            "metadata": [{"kind": r.kind, "bytes": len(r.data), "critical": r.critical} for r in f.metadata],
+            "overhead_bytes": len(data) - len(f.payload) - meta_bytes,
+            "bpp": round(bits_per_pixel(len(data), f.width, f.height), 6),
+        }
+        if as_json:
+            click.echo(json.dumps(d))
+        else:
+            meta = ", ".join(f"{m['kind']} {m['bytes']} B" for m in d["metadata"]) or "none"
+            click.echo(
+                f"{name}: {f.width}x{f.height}, {d['bytes']} bytes, {d['bpp']:.4f} bpp\n"
+                f"  model {d['model'] or 'unknown'} (#{f.model_number}, digest {d['model_digest']}), scale {f.scale}, "
+                f"LR {lw}x{lh} {f.lr_codec} {d['payload_bytes']} B\n"
+                f"  container v{d['version']}, overhead {d['overhead_bytes']} B, metadata: {meta}"
+            )
+    if failed:
+        sys.exit(EXIT_USAGE if len(files) == 1 else EXIT_SOME_FAILED)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per model, one per line.")
+def models(as_json):
+    """List the models, what each needs, and whether it is available here."""
+    default = registry.default_model().name
+    for spec in registry.MODELS.values():
+        ok, why = spec.availability()
+        row = {
+            "name": spec.name,
+            "number": spec.number,
+            "scales": list(spec.scales),
+            "available": ok,
+            "default": spec.name == default,
+            "where" if ok else "needs": why,
+            "description": spec.description,
+        }
+        if as_json:
+            click.echo(json.dumps(row))
+        else:
+            mark = "*" if row["default"] else " "
+            state = "available" if ok else "unavailable"
+            scales = "/".join(f"x{s}" for s in spec.scales)
+            click.echo(f"{mark} {spec.name:<15} {scales:<12} {state:<12} {spec.description}")
+            if not ok:
+                click.echo(f"  {'':<15} needs: {why}")
+
+
+def _register_optional_commands() -> None:
+    """Commands that live in their own modules (benchmark, demo, training, importer)."""
+    import importlib
+
+    for module, names in (
+        ("tadmcodec.cli_bench", ("bench_command", "demo_command")),
+    ):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        for n in names:
+            main.add_command(getattr(mod, n))
+
+
+def entry() -> None:
+    """Console-script entry: turns TadmError and Ctrl-C into one line and an exit code."""
+    try:
+        main(standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(EXIT_USAGE)
+    except click.exceptions.Abort:
+        _err("aborted")
+        sys.exit(130)
+    except TadmError as exc:
+        _err(str(exc))
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        _err("interrupted")
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(EXIT_SOME_FAILED)
+
+
+_register_optional_commands()
