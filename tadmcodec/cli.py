@@ -353,6 +353,8 @@ def _register_optional_commands() -> None:
 
     for module, names in (
         ("tadmcodec.cli_bench", ("bench_command", "demo_command")),
+        ("tadmcodec.cli_import", ("import_official_command",)),
+        ("tadmcodec.cli_train", ("train_command",)),
     ):
         try:
             mod = importlib.import_module(module)

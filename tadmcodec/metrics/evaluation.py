@@ -1,0 +1,68 @@
+"""`evaluate`: every metric of one image pair, with the networks loaded once per process."""
+
+from __future__ import annotations
+
+import functools
+from typing import Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from tadmcodec.errors import InputError
+from tadmcodec.metrics import METRICS
+from tadmcodec.metrics.psnr_ssim import check_pair, psnr, ssim
+
+
+@functools.lru_cache(maxsize=None)
+def network(name: str, device: str) -> nn.Module:
+    """The frozen metric network `name` ("lpips_alex", "lpips_vgg", "dists") on `device`, cached."""
+    if name == "dists":
+        from tadmcodec.metrics.dists import DISTS
+
+        return DISTS().to(device)
+    from tadmcodec.metrics.lpips import LPIPS
+
+    return LPIPS(net=name.removeprefix("lpips_")).to(device)
+
+
+def _to_tensor(img: np.ndarray, device: str) -> torch.Tensor:
+    """uint8 (H, W, 3) -> float32 (1, 3, H, W) in [0, 1], computed as torchvision's ToTensor does."""
+    return torch.from_numpy(np.require(img, requirements=["C", "W"])).to(device).permute(2, 0, 1)[None].float().div(255)
+
+
+def _to_signed(img: np.ndarray, device: str) -> torch.Tensor:
+    """uint8 -> float32 in [-1, 1] as LPIPS's `im2tensor` does (x / 127.5 - 1 in float64, then float32)."""
+    arr = (img.astype(np.float64) / 127.5 - 1.0).astype(np.float32)
+    return torch.from_numpy(arr).to(device).permute(2, 0, 1)[None]
+
+
+def evaluate(
+    ref: np.ndarray,
+    test: np.ndarray,
+    metrics: Iterable[str] = METRICS,
+    device: str | torch.device = "cpu",
+) -> dict[str, float]:
+    """Metrics of `test` against `ref` (uint8 (H, W, 3), same shape, H, W >= 32), at full resolution.
+
+    Returns {name: value} in the order asked. PSNR in dB (higher is better),
+    SSIM (higher is better), LPIPS and DISTS distances (lower is better).
+    """
+    names = list(metrics)
+    unknown = [m for m in names if m not in METRICS]
+    if unknown:
+        raise InputError(f"unknown metric {unknown[0]!r} (choose from {', '.join(METRICS)})")
+    check_pair(ref, test)
+    dev = str(torch.device(device))
+    out: dict[str, float] = {}
+    for name in names:
+        if name == "psnr":
+            out[name] = psnr(ref, test)
+        elif name == "ssim":
+            out[name] = ssim(ref, test)
+        else:
+            net = network(name, dev)
+            convert = _to_tensor if name == "dists" else _to_signed
+            with torch.inference_mode():
+                out[name] = float(net(convert(ref, dev), convert(test, dev))[0])
+    return out
