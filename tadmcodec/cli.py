@@ -116,15 +116,21 @@ def _check_binary_stdout(jobs: list[Job]) -> None:
         raise TadmError("refusing to write binary data to a terminal: use -o FILE or redirect stdout")
 
 
-def _make_codec(device: str, model: str | None, model_dir: str | None):
+def _make_codec(device: str, precision: str, model: str | None, model_dir: str | None,
+                sd_dir: str | None, vae_dir: str | None):
     from tadmcodec.codec import Codec  # keeps `tadm info`/`tadm models` light
 
+    # The sd21 backbone folders are read from the environment by the model spec; the options set it.
+    if sd_dir is not None:
+        os.environ["TADM_SD21_DIR"] = sd_dir
+    if vae_dir is not None:
+        os.environ["TADM_SD_VAE_DIR"] = vae_dir
     dirs = {}
     if model_dir is not None:
         if model is None:
             raise TadmError("--model-dir needs --model NAME")
         dirs[model] = Path(model_dir)
-    return Codec(device=device, model_dirs=dirs)
+    return Codec(device=device, precision=precision, model_dirs=dirs)
 
 
 common_output = [
@@ -138,7 +144,11 @@ common_output = [
                  help="Refuse images (and files) with more pixels than this."),
     click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True,
                  help="Where TADM models run."),
+    click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto", show_default=True,
+                 help="Network precision (auto: fp16 on CUDA, fp32 elsewhere)."),
     click.option("--model-dir", metavar="DIR", help="Read the --model's weights from DIR (e.g. an imported sd21 model)."),
+    click.option("--sd-dir", metavar="DIR", help="Local Stable Diffusion 2.1 diffusers folder for sd21 models (else $TADM_SD21_DIR)."),
+    click.option("--vae-dir", metavar="DIR", help="Separate VAE folder (e.g. sd-vae-ft-mse) for sd21 models (else $TADM_SD_VAE_DIR)."),
 ]
 
 
@@ -167,11 +177,12 @@ def main() -> None:
 @click.option("--metadata", type=click.Choice(METADATA_CHOICES), default="none", show_default=True,
               help="Input metadata to keep (costs bytes).")
 @click.option("--flatten", metavar="COLOUR", help="Composite transparent images onto COLOUR (e.g. white) instead of refusing them.")
-def encode(inputs, output, outdir, force, jobs, quiet, verbose, max_pixels, device, model_dir, scale, model, lr_codec, metadata, flatten):
+def encode(inputs, output, outdir, force, jobs, quiet, verbose, max_pixels, device, precision, model_dir, sd_dir, vae_dir,
+           scale, model, lr_codec, metadata, flatten):
     """Compress images (files, folders, or '-' for stdin) to .tadm."""
     scale_i = int(scale) if scale else None
     model_name = model or registry.default_model(scale_i).name
-    codec = _make_codec(device, model, model_dir)
+    codec = _make_codec(device, precision, model, model_dir, sd_dir, vae_dir)
     from tadmcodec.codec import bits_per_pixel, check_scale
 
     scale_i = check_scale(codec.spec(model_name), scale_i)
@@ -211,14 +222,15 @@ def _metadata_records(img, which: str) -> tuple[container.MetadataRecord, ...]:
 @click.option("--format", "fmt", type=click.Choice(["png", "webp", "jpg", "tiff", "bmp", "ppm"]),
               help="Output format when writing to stdout or to -d (default png); otherwise from the -o extension.")
 @click.option("--timestep-map", metavar="FILE.png", help="Also write the predicted time-step map (one input only).")
-def decode(inputs, output, outdir, force, jobs, quiet, verbose, max_pixels, device, model_dir, fmt, timestep_map):
+def decode(inputs, output, outdir, force, jobs, quiet, verbose, max_pixels, device, precision, model_dir, sd_dir, vae_dir,
+           fmt, timestep_map):
     """Decompress .tadm files (files, folders, or '-' for stdin) to images."""
     suffix = "." + (fmt or "png")
     job_list = plan(inputs, (".tadm",), output, outdir, suffix)
     if timestep_map is not None and len(job_list) != 1:
         raise TadmError("--timestep-map works with one input file")
     _check_binary_stdout(job_list)
-    codec = _make_codec(device, _model_of_dir(model_dir, job_list), model_dir)
+    codec = _make_codec(device, precision, _model_of_dir(model_dir, job_list), model_dir, sd_dir, vae_dir)
     from tadmcodec.codec import bits_per_pixel
 
     def work(job: Job, rep: Reporter) -> None:

@@ -31,13 +31,14 @@ class Decoded:
 
 @dataclass
 class Codec:
-    """Encoder/decoder bound to a device, with a cache of loaded models.
+    """Encoder/decoder bound to a device and precision, with a cache of loaded models.
 
     `model_dirs` maps model names to weight folders that replace the registry's
     (the CLI's --model-dir). Thread-safe: batch jobs share one instance.
     """
 
     device: str = "auto"
+    precision: str = "auto"
     model_dirs: dict[str, Path] = field(default_factory=dict)
     _loaded: dict[str, Rescaler] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -52,7 +53,7 @@ class Codec:
     def rescaler(self, spec: ModelSpec) -> Rescaler:
         with self._lock:
             if spec.name not in self._loaded:
-                self._loaded[spec.name] = registry.load_rescaler(spec, device=self.device)
+                self._loaded[spec.name] = registry.load_rescaler(spec, device=self.device, precision=self.precision)
             return self._loaded[spec.name]
 
     def encode(

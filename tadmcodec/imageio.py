@@ -9,6 +9,7 @@ user asks to flatten it. No torch.
 from __future__ import annotations
 
 import io
+import threading
 import warnings
 from dataclasses import dataclass, field
 
@@ -17,8 +18,10 @@ from PIL import Image, ImageColor, ImageOps, UnidentifiedImageError
 
 from tadmcodec.errors import InputError
 
-# We check the pixel budget ourselves (before decoding), with our own message.
-Image.MAX_IMAGE_PIXELS = None
+# Pillow's own decompression-bomb limit is switched off around Image.open only (we
+# check our --max-pixels budget right after, before decoding); the lock keeps
+# concurrent --jobs threads from seeing each other's setting.
+_OPEN_LOCK = threading.Lock()
 
 OUTPUT_FORMATS = {
     ".png": "PNG",
@@ -56,9 +59,13 @@ def parse_colour(text: str) -> tuple[int, int, int]:
 def load_image(data: bytes, *, max_pixels: int, flatten: tuple[int, int, int] | None = None) -> LoadedImage:
     """Decode image bytes to 8-bit RGB, refusing what cannot be coded faithfully."""
     try:
-        with warnings.catch_warnings():
+        with _OPEN_LOCK, warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            img = Image.open(io.BytesIO(data))
+            saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                img = Image.open(io.BytesIO(data))
+            finally:
+                Image.MAX_IMAGE_PIXELS = saved
     except UnidentifiedImageError:
         raise InputError("not an image file Pillow can read") from None
     except (OSError, ValueError, SyntaxError) as exc:

@@ -59,10 +59,9 @@ class ModelSpec:
             return False, self.needs
         if not (d / "model.json").is_file():
             return False, f"missing {d / 'model.json'} ({self.needs})"
-        weights = sorted(d.glob("*.safetensors"))
-        if not weights:
-            return False, f"no .safetensors weights in {d}"
-        return True, str(d)
+        from tadmcodec.tadm.spec import check_available  # torch-free
+
+        return check_available(d)
 
     def config(self) -> dict:
         """The architecture config (model.json), or {} for bicubic."""
@@ -88,7 +87,8 @@ class ModelSpec:
             d = self.weights_dir()
             assert d is not None
             files = tuple(sorted(d.glob("*.safetensors")))
-        key = (self.name, tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in files))
+        stamped = (*files, d / "model.json") if files else ()
+        key = (self.name, tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in stamped))
         if key not in _DIGESTS:
             h = hashlib.sha256()
             h.update(json.dumps(self.config(), sort_keys=True, separators=(",", ":")).encode())
@@ -147,7 +147,10 @@ _SPECS: tuple[ModelSpec, ...] = (
         kind="tadm",
         scales=(16,),
         description="TADM on Stable Diffusion 2.1 (the paper's model), 16x",
-        needs="a model folder made by `tadm import-official`, given by --model-dir or TADM_SD21_X16",
+        needs=(
+            "a model folder made by `tadm import-official` (--model-dir or TADM_SD21_X16) and a local "
+            "Stable Diffusion 2.1 diffusers folder (TADM_SD21_DIR)"
+        ),
         weights_dir=_env_dir("TADM_SD21_X16"),
     ),
     ModelSpec(
@@ -156,7 +159,10 @@ _SPECS: tuple[ModelSpec, ...] = (
         kind="tadm",
         scales=(32,),
         description="TADM on Stable Diffusion 2.1 (the paper's model), 32x",
-        needs="a model folder made by `tadm import-official`, given by --model-dir or TADM_SD21_X32",
+        needs=(
+            "a model folder made by `tadm import-official` (--model-dir or TADM_SD21_X32) and a local "
+            "Stable Diffusion 2.1 diffusers folder (TADM_SD21_DIR)"
+        ),
         weights_dir=_env_dir("TADM_SD21_X32"),
     ),
 )
@@ -196,8 +202,11 @@ def with_weights_dir(spec: ModelSpec, path: str | os.PathLike) -> ModelSpec:
     return replace(spec, weights_dir=lambda: folder)
 
 
-def load_rescaler(spec: ModelSpec, device: str = "auto") -> Rescaler:
-    """Build the runnable model; raises ModelError naming what is missing."""
+def load_rescaler(spec: ModelSpec, device: str = "auto", precision: str = "auto") -> Rescaler:
+    """Build the runnable model; raises ModelError naming what is missing.
+
+    precision: auto (fp16 on CUDA, fp32 elsewhere), fp32, fp16 or bf16.
+    """
     if spec.kind == "bicubic":
         return BicubicRescaler()
     ok, why = spec.availability()
@@ -205,4 +214,4 @@ def load_rescaler(spec: ModelSpec, device: str = "auto") -> Rescaler:
         raise ModelError(f"model {spec.name} is not available: {why}")
     from tadmcodec.tadm.loader import load_tadm  # torch is imported only here
 
-    return load_tadm(spec, device=device)
+    return load_tadm(spec, device=device, precision=precision)

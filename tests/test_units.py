@@ -61,15 +61,16 @@ def test_registry_numbers_are_unique_and_stable() -> None:
 
 
 def test_with_weights_dir_changes_digest(tmp_path: Path) -> None:
-    for name, content in (("a", b"1"), ("b", b"2")):
-        d = tmp_path / name
-        d.mkdir()
-        (d / "model.json").write_text('{"x": 1}')
-        (d / "w.safetensors").write_bytes(content)
+    from tadmcodec.tadm.testing import make_random_model_dir
+
     spec = registry.get("tadm-tiny-x16")
-    a, b = registry.with_weights_dir(spec, tmp_path / "a"), registry.with_weights_dir(spec, tmp_path / "b")
+    a = registry.with_weights_dir(spec, make_random_model_dir(tmp_path / "a", 16, seed=0))
+    b = registry.with_weights_dir(spec, make_random_model_dir(tmp_path / "b", 16, seed=1))
     assert a.availability()[0] and b.availability()[0]
-    assert a.digest() != b.digest()
+    assert a.digest() != b.digest() and len(a.digest()) == registry.DIGEST_SIZE
+    (tmp_path / "a" / "model.json").write_text("{}")
+    ok, why = a.availability()
+    assert not ok and "model.json" in why
     with pytest.raises(ModelError):
         registry.with_weights_dir(registry.get("bicubic"), tmp_path)
 
@@ -149,3 +150,10 @@ def test_output_format() -> None:
     assert imageio.output_format("-", default="WEBP") == "WEBP"
     with pytest.raises(InputError):
         imageio.output_format("a.gifx")
+
+
+def test_load_image_leaves_pillow_limit_alone_and_budget_overrides_it() -> None:
+    before = Image.MAX_IMAGE_PIXELS
+    rgb = np.zeros((4, 4, 3), np.uint8)
+    imageio.load_image(_png(rgb), max_pixels=100)
+    assert Image.MAX_IMAGE_PIXELS == before

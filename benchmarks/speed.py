@@ -1,0 +1,186 @@
+"""Encode/decode speed (seconds per megapixel) and peak memory of each model on each device.
+
+Each measurement runs in a fresh subprocess so its peak memory is its own:
+peak RSS (the whole process: Python, torch, weights, buffers) on CPU, and
+additionally torch's peak allocated GPU memory on CUDA. The encode run times
+`downscale`, the decode run times `upscale` (model loading is timed apart).
+
+    python benchmarks/speed.py                              # available models, cpu (+cuda)
+    python benchmarks/speed.py --random-tiny --sizes 1024 --decode-sizes 8192
+    python benchmarks/speed.py --model tadm-sd21-x16=/path/to/model --devices cuda
+
+Results go to benchmarks/results/speed.json and speed.md (merged with what is
+there, keyed by model, device and size), so runs on several machines add up.
+A model named `random-micro-*` is an untrained random-weight micro model: its
+numbers measure the pipeline's overheads and memory bounds, not the real models.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+
+WORKER = textwrap.dedent(r"""
+    import json, resource, sys, time
+    import numpy as np
+    t0 = time.perf_counter()
+    import torch
+    from tadmcodec import registry
+    name, folder, device, mode, w, h, lr_path = sys.argv[1:8]
+    w, h = int(w), int(h)
+    spec = registry.get(name.split("@")[0]) if not name.startswith("random-micro") else registry.get("tadm-tiny-x16")
+    if folder != "-":
+        spec = registry.with_weights_dir(spec, folder)
+    t = time.perf_counter()
+    model = registry.load_rescaler(spec, device=device)
+    load_s = time.perf_counter() - t
+    scale = model.scales[0] if len(model.scales) == 1 else 16
+    if torch.cuda.is_available() and device != "cpu":
+        torch.cuda.reset_peak_memory_stats()
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if mode == "encode":
+        y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+        img = np.stack([x * 255 / w, y * 255 / h, 128 + 60 * np.sin(x / 37) * np.cos(y / 23)], axis=2)
+        img = np.clip(img + np.random.default_rng(0).normal(0, 8, img.shape), 0, 255).astype(np.uint8)
+        del x, y
+        t = time.perf_counter()
+        lr = model.downscale(img, scale)
+        secs = time.perf_counter() - t
+        np.save(lr_path, lr)
+    else:
+        lw, lh = -(-w // scale), -(-h // scale)
+        lr = np.load(lr_path) if lr_path != "-" else np.random.default_rng(0).integers(0, 256, (lh, lw, 3), dtype=np.uint8)
+        t = time.perf_counter()
+        out = model.upscale(lr, scale, (w, h))
+        secs = time.perf_counter() - t
+        assert out.shape == (h, w, 3)
+    res = {
+        "seconds": secs, "s_per_mp": secs / (w * h / 1e6), "load_s": load_s,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_before_mb": rss0 / 1024, "scale": scale,
+        "dtype": str(getattr(model, "dtype", "uint8")).removeprefix("torch."),
+    }
+    if torch.cuda.is_available() and device != "cpu":
+        res["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        res["gpu"] = torch.cuda.get_device_name()
+    print("RESULT " + json.dumps(res))
+""")
+
+
+def run_worker(name: str, folder: str, device: str, mode: str, size: int, lr_path: str,
+               timeout: int) -> dict:
+    cmd = [sys.executable, "-c", WORKER, name, folder, device, mode, str(size), str(size), lr_path]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    for line in p.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    return {"error": (p.stderr.strip().splitlines() or ["failed"])[-1]}
+
+
+def available_models() -> list[tuple[str, str]]:
+    from tadmcodec import registry
+
+    return [(s.name, "-") for s in registry.MODELS.values() if s.availability()[0]]
+
+
+def devices_here() -> list[str]:
+    import torch
+
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def machine() -> dict:
+    import torch
+
+    info = {"python": platform.python_version(), "torch": torch.__version__,
+            "cpu_count": os.cpu_count(), "platform": platform.platform()}
+    try:
+        info["cpu"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                           if line.startswith("model name"))
+    except (OSError, StopIteration):
+        info["cpu"] = platform.processor()
+    return info
+
+
+def write(results: list[dict], meta: dict) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / "speed.json"
+    old = json.loads(path.read_text())["runs"] if path.exists() else []
+    key = lambda r: (r["model"], r["device"], r["mode"], r["size"])  # noqa: E731
+    merged = {key(r): r for r in old}
+    merged.update({key(r): {**r, "machine": meta} for r in results})
+    runs = sorted(merged.values(), key=key)
+    path.write_text(json.dumps({"runs": runs}, indent=1) + "\n")
+    lines = ["# Speed and memory", "",
+             "Written by `python benchmarks/speed.py`. s/MP = seconds per megapixel of the *original* image;",
+             "peak RSS is the whole process (Python + torch + weights + buffers); GPU = torch's peak allocation.",
+             "`random-micro-*` rows use an untrained micro model: pipeline overhead and memory bounds only.", "",
+             "| model | device | dtype | op | size | seconds | s/MP | peak RSS MB | peak GPU MB | load s | machine |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        if "error" in r:
+            lines.append(f"| {r['model']} | {r['device']} | | {r['mode']} | {r['size']}² | error: {r['error']} |"
+                         " | | | | |")
+            continue
+        m = r.get("machine", {})
+        where = f"{m.get('cpu', '?')} ({m.get('cpu_count', '?')} cores)" + (f", {r['gpu']}" if "gpu" in r else "")
+        where += f"; {m['note']}" if m.get("note") else ""
+        gpu = f"{r['peak_gpu_mb']:.0f}" if "peak_gpu_mb" in r else "-"
+        lines.append(
+            f"| {r['model']} | {r['device']} | {r['dtype']} | {r['mode']} | {r['size']}² | {r['seconds']:.2f} | "
+            f"{r['s_per_mp']:.3f} | {r['peak_rss_mb']:.0f} | {gpu} | "
+            f"{r['load_s']:.2f} | {where} |")
+    (RESULTS / "speed.md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", action="append", default=[], metavar="NAME[=DIR]",
+                    help="a registry model (optionally with its folder); default: every available one")
+    ap.add_argument("--random-tiny", action="store_true", help="also benchmark a random micro x16 model")
+    ap.add_argument("--devices", nargs="*", help="default: cpu, and cuda when present")
+    ap.add_argument("--sizes", nargs="*", type=int, default=[1024], help="square sizes to encode and decode")
+    ap.add_argument("--decode-sizes", nargs="*", type=int, default=[],
+                    help="square sizes to decode only (from a random LR image), e.g. 8192")
+    ap.add_argument("--timeout", type=int, default=3600)
+    ap.add_argument("--note", default="", help="recorded with each run (e.g. 'shared machine, load 6')")
+    args = ap.parse_args()
+
+    models = [(m.split("=")[0], m.split("=", 1)[1] if "=" in m else "-") for m in args.model]
+    if not models:
+        models = available_models()
+    tmp = tempfile.TemporaryDirectory()
+    if args.random_tiny:
+        sys.path.insert(0, str(ROOT))
+        from tadmcodec.tadm.testing import make_random_model_dir
+
+        models.append(("random-micro-x16", str(make_random_model_dir(Path(tmp.name) / "micro", 16))))
+    results = []
+    for name, folder in models:
+        for device in args.devices or devices_here():
+            for size in args.sizes:
+                lr_path = str(Path(tmp.name) / f"lr-{size}.npy")
+                for mode in ("encode", "decode"):
+                    r = run_worker(name, folder, device, mode, size, lr_path, args.timeout)
+                    results.append({"model": name, "device": device, "mode": mode, "size": size, **r})
+                    print(json.dumps(results[-1]), flush=True)
+            for size in args.decode_sizes:
+                r = run_worker(name, folder, device, "decode", size, "-", args.timeout)
+                results.append({"model": name, "device": device, "mode": "decode", "size": size, **r})
+                print(json.dumps(results[-1]), flush=True)
+    write(results, {**machine(), "note": args.note} if args.note else machine())
+    tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()

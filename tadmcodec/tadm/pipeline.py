@@ -1,0 +1,169 @@
+"""TADM as a codec `Rescaler`: uint8 photo -> uint8 LR image -> uint8 photo.
+
+Encoding (deterministic: posterior mode, rounding):
+    pad (reflect) to a multiple of the scale -> tiled VAE encode -> DFRM Ge (exact
+    conv tiles) -> INN F -> round to 8 bits. The LR image is exactly
+    ceil(W/scale) x ceil(H/scale).
+Decoding:
+    INN F^-1 -> Gd (exact conv tiles) -> pad the latent to the UNet's multiple ->
+    Algorithm 1 (96/64 latent tiles, one predicted t per tile, UNet in batches,
+    hybrid scheduler, Gaussian merge) -> crop -> tiled VAE decode -> crop to W x H.
+
+Everything runs under `torch.inference_mode()`; no random numbers are drawn.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from tadmcodec.errors import FormatError, InputError, ModelError
+from tadmcodec.rescaler import lr_size, pad_to_multiple
+from tadmcodec.tadm.blocks import receptive_radius
+from tadmcodec.tadm.dfrm import dequantize, quantize
+from tadmcodec.tadm.model import TadmModel
+from tadmcodec.tadm.tiling import (
+    GaussianMerger, VaeTiler, latent_tiles, pad_latent, tiled_conv, to_uint8_image,
+)
+
+LATENT_FACTOR = 8
+
+
+class TadmRescaler:
+    """A loaded TADM model implementing `tadmcodec.rescaler.Rescaler` for its one scale."""
+
+    def __init__(self, model: TadmModel, name: str = "tadm") -> None:
+        self.model = model
+        self.name = name
+        self.scales = (model.config.scale,)
+        self.latent_tiling = True
+        self.vae_tiling = True
+        t = model.config.tiling
+        self._vae = VaeTiler(
+            model.vae, model.encode_latent, model.decode_latent, factor=LATENT_FACTOR,
+            decode_tile=t.vae_decode_tile, decode_halo=t.vae_decode_halo,
+            encode_tile=t.vae_encode_tile, encode_halo=t.vae_encode_halo,
+            blend=t.vae_blend, stats_grid=t.stats_grid,
+        )
+        dfrm = model.dfrm
+        # halos = receptive radius in LR pixels, so DFRM conv tiles are exact
+        self._ge_halo = receptive_radius(dfrm.down_module) + receptive_radius(dfrm.latent_module) \
+            + receptive_radius(dfrm.fusing_module)
+        self._gd_halo = receptive_radius(dfrm.final_module)
+
+    # ---------------------------------------------------------------- props
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.dfrm.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The backbone's compute dtype (the DFRM, TPM and refiner always run in float32)."""
+        return self.model.unet_dtype
+
+    def enable_tiling(self, latent: bool = True, vae: bool = True) -> None:
+        """Tiled inference (the default): Algorithm 1 for the UNet, tiled VAE and DFRM."""
+        self.latent_tiling, self.vae_tiling = latent, vae
+
+    def disable_tiling(self) -> None:
+        """Run every stage on the whole image (more memory; one time-step for the whole image)."""
+        self.latent_tiling = self.vae_tiling = False
+
+    def _check_scale(self, scale: int) -> None:
+        if scale not in self.scales:
+            raise ModelError(f"model {self.name} rescales x{self.scales[0]} only, not x{scale}")
+
+    # --------------------------------------------------------------- encode
+    def downscale(self, image: np.ndarray, scale: int) -> np.ndarray:
+        """(H, W, 3) uint8 -> (ceil(H/scale), ceil(W/scale), 3) uint8."""
+        self._check_scale(scale)
+        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 \
+                or image.shape[2] != 3 or min(image.shape[:2]) < 1:
+            raise InputError("the TADM encoder needs an 8-bit RGB image")
+        h, w = image.shape[:2]
+        padded = np.ascontiguousarray(pad_to_multiple(image, scale))
+        with torch.inference_mode():
+            raw = torch.from_numpy(padded).permute(2, 0, 1)[None]  # uint8 view, (1, 3, H, W)
+            z = self._encode_latent(raw)
+            z_lr = self._ge(raw, z)
+            q = quantize(self.model.dfrm.to_lr(z_lr))
+        lr = np.ascontiguousarray(q[0].permute(1, 2, 0).cpu().numpy())
+        lw, lh = lr_size(w, h, scale)
+        assert lr.shape == (lh, lw, 3), (lr.shape, lh, lw)
+        return lr
+
+    def _to_input(self, raw: torch.Tensor) -> torch.Tensor:
+        """uint8 crop -> float32 in [-1, 1] on the model's device."""
+        return raw.to(self.device, torch.float32) / 127.5 - 1.0
+
+    def _encode_latent(self, raw: torch.Tensor) -> torch.Tensor:
+        if self.vae_tiling:
+            return self._vae.encode(raw, self._to_input)
+        return self.model.encode_latent(self._to_input(raw))
+
+    def _ge(self, raw: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        s = self.model.config.scale
+        size = (raw.shape[-2] // s, raw.shape[-1] // s)
+        fn = lambda img, lat: self.model.dfrm.encode_features(self._to_input(img), lat)  # noqa: E731
+        if not self.vae_tiling:
+            return fn(raw, z)
+        tile = self.model.config.tiling.dfrm_tile
+        return tiled_conv(fn, [(raw, s), (z, s // LATENT_FACTOR)], size, 1, tile, self._ge_halo)
+
+    # --------------------------------------------------------------- decode
+    def upscale(self, lr: np.ndarray, scale: int, size: tuple[int, int]) -> np.ndarray:
+        """LR uint8 -> (height, width, 3) uint8 where size = (width, height)."""
+        return self.upscale_with_timestep_map(lr, scale, size)[0]
+
+    def upscale_with_timestep_map(self, lr: np.ndarray, scale: int,
+                                  size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """As `upscale`, plus the merged time-step map: float32 (ceil(H/8), ceil(W/8))."""
+        self._check_scale(scale)
+        width, height = size
+        lw, lh = lr_size(width, height, scale)
+        if not isinstance(lr, np.ndarray) or lr.dtype != np.uint8 or lr.shape != (lh, lw, 3):
+            got = f"{lr.dtype} {lr.shape}" if isinstance(lr, np.ndarray) else type(lr).__name__
+            raise FormatError(f"LR image must be uint8 of shape {(lh, lw, 3)} for {width}x{height} "
+                              f"at x{scale}, got {got}")
+        m = self.model
+        with torch.inference_mode():
+            q = torch.from_numpy(np.ascontiguousarray(lr)).permute(2, 0, 1)[None].to(self.device)
+            z_lr = m.dfrm.from_lr(dequantize(q))
+            z_hat = self._gd(z_lr)
+            z0, tmap = self._enhance(z_hat)
+            image = self._vae.decode(z0) if self.vae_tiling else to_uint8_image(m.decode_latent(z0))
+        lat_h, lat_w = -(-height // LATENT_FACTOR), -(-width // LATENT_FACTOR)
+        tmap_np = np.ascontiguousarray(tmap[:lat_h, :lat_w].cpu().numpy().astype(np.float32))
+        return np.ascontiguousarray(image[:height, :width]), tmap_np
+
+    def _gd(self, z_lr: torch.Tensor) -> torch.Tensor:
+        fn = self.model.dfrm.decode_features
+        if not self.vae_tiling:
+            return fn(z_lr)
+        tile = self.model.config.tiling.dfrm_tile
+        return tiled_conv(fn, [(z_lr, 1)], tuple(z_lr.shape[-2:]), self.model.config.scale // LATENT_FACTOR,
+                          tile, self._gd_halo)
+
+    def _enhance(self, z_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Algorithm 1: per-tile t, one UNet step per tile (batched), Gaussian merge.
+
+        Returns z0 (1, 4, h, w) unscaled and the time-step map (h, w).
+        """
+        m = self.model
+        h, w = z_hat.shape[-2:]
+        t_cfg = m.config.tiling
+        z = pad_latent(z_hat, m.unet_multiple)
+        ph, pw = z.shape[-2:]
+        if not self.latent_tiling or (ph <= t_cfg.latent_tile and pw <= t_cfg.latent_tile):
+            z0, t = m.enhance(z)
+            return z0[..., :h, :w], torch.full((h, w), float(t[0]), device=z0.device)
+        th, tw, starts = latent_tiles(ph, pw, t_cfg.latent_tile, t_cfg.latent_stride)
+        merger = GaussianMerger(tuple(z.shape), th, tw, t_cfg.tile_sigma, z.device)
+        for i in range(0, len(starts), t_cfg.tile_batch):
+            chunk = starts[i:i + t_cfg.tile_batch]
+            batch = torch.cat([z[:, :, y:y + th, x:x + tw] for y, x in chunk], 0)
+            z0, t = m.enhance(batch)
+            for j, (y, x) in enumerate(chunk):
+                merger.add(y, x, z0[j:j + 1], t[j])
+        z0, tmap = merger.result()
+        return z0[..., :h, :w], tmap[:h, :w]

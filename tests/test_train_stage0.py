@@ -1,0 +1,113 @@
+"""Stage-0 training on CPU with tiny models: checkpoints, exact resume, export, refusals."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tadmcodec.errors import InputError
+from tadmcodec.tadm import backbone as bb
+from tadmcodec.train import stage0
+from tadmcodec.train.data import PhotoCrops, list_photos
+
+TINY = {
+    "name": "t",
+    "seed": 0,
+    "checkpoint": {"every_steps": 1, "every_minutes": 60.0, "keep": 2},
+    "log_every": 1,
+    "vae": {"model": {"block_out_channels": [8, 8, 16, 16], "norm_num_groups": 4},
+            "steps": 2, "batch_size": 2, "crop": 32, "warmup_steps": 1, "scaling_samples": 4},
+    "unet": {"model": {"block_out_channels": [16, 16, 32], "norm_num_groups": 4,
+                       "attention_head_dim": 8, "cross_attention_dim": 16},
+             "steps": 2, "batch_size": 2, "crop": 32, "warmup_steps": 1, "empty_prompt_length": 2},
+}
+
+
+@pytest.fixture()
+def photos(tmp_path):
+    """Six smooth random 'photos' (no dependency on ../shared)."""
+    d = tmp_path / "train"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        small = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+        Image.fromarray(small).resize((80, 48), Image.Resampling.BICUBIC).save(d / f"p{i}.png")
+    return d
+
+
+def _cfg(photos, **over):
+    return stage0.load_config(None, {**TINY, "data": {"train_dir": str(photos)}, **over})
+
+
+def test_crops_are_deterministic_and_flipped(photos) -> None:
+    a, b = PhotoCrops(photos, crop=32, seed=1), PhotoCrops(photos, crop=32, seed=1)
+    assert torch.equal(a.batch(3, 4), b.batch(3, 4))
+    assert a.batch(3, 4).shape == (4, 3, 32, 32)
+    assert not torch.equal(a.batch(3, 4), a.batch(4, 4))
+    assert not torch.equal(a.batch(0, 2, rank=0, world=2), a.batch(0, 2, rank=1, world=2))
+
+
+def test_benchmark_folder_is_refused(tmp_path) -> None:
+    d = tmp_path / "urban100"
+    d.mkdir()
+    with pytest.raises(InputError, match="benchmark"):
+        list_photos(d)
+
+
+def test_bad_config_is_a_one_line_error(tmp_path) -> None:
+    p = tmp_path / "c.json"
+    p.write_text("{not json")
+    with pytest.raises(InputError, match="not valid JSON"):
+        stage0.load_config(p)
+
+
+def test_two_steps_checkpoint_and_resume_is_exact(photos, tmp_path) -> None:
+    cfg = _cfg(photos)
+    run = tmp_path / "run"
+    stage0.train_vae(cfg, run)
+    ckpts = sorted((run / "vae").glob("ckpt-*.pt"))
+    assert [p.name for p in ckpts] == ["ckpt-00000001.pt", "ckpt-00000002.pt"]
+    assert (run / "vae" / "rng-00000002-rank0.pt").is_file()
+    state = torch.load(ckpts[-1], weights_only=False)
+    assert state["step"] == 2 and state["optimizer"]["state"]
+    assert json.loads((run / "vae" / "scaling.json").read_text())["scaling_factor"] > 0
+
+    # Resume to step 3 and compare with an uninterrupted 3-step run.
+    stage0.train_vae(stage0.load_config(None, {**cfg, "vae": {**cfg["vae"], "steps": 3}}), run, resume=True)
+    resumed = torch.load(run / "vae" / "ckpt-00000003.pt", weights_only=False)
+    straight_dir = tmp_path / "straight"
+    stage0.train_vae(stage0.load_config(None, {**cfg, "vae": {**cfg["vae"], "steps": 3}}), straight_dir)
+    straight = torch.load(straight_dir / "vae" / "ckpt-00000003.pt", weights_only=False)
+    assert resumed["step"] == straight["step"] == 3
+    for k, v in straight["model"].items():
+        assert torch.equal(resumed["model"][k], v), k
+    rng_a = torch.load(run / "vae" / "rng-00000003-rank0.pt", weights_only=False)["torch"]
+    rng_b = torch.load(straight_dir / "vae" / "rng-00000003-rank0.pt", weights_only=False)["torch"]
+    assert torch.equal(rng_a, rng_b)
+    log = [json.loads(line) for line in (run / "vae" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3]
+
+
+def test_unet_stage_and_export(photos, tmp_path) -> None:
+    cfg = _cfg(photos)
+    run = tmp_path / "run"
+    stage0.train_vae(cfg, run)
+    result = stage0.train_unet(cfg, run)
+    assert np.isfinite(result["loss"])
+    out = stage0.export(run, tmp_path / "export")
+    meta = json.loads((out / bb.BACKBONE_JSON).read_text())
+    assert meta["trained_steps"] == {"vae": 2, "unet": 2}
+    sf = json.loads((run / "vae" / "scaling.json").read_text())["scaling_factor"]
+    assert meta["scaling_factor"] == pytest.approx(sf)
+    loaded = bb.load_backbone(out)
+    assert loaded.empty_prompt.shape == (1, 2, 16)
+    assert loaded.vae.dtype == torch.float32  # stored fp16, loaded to the requested dtype
+
+
+def test_unet_stage_needs_a_vae(photos, tmp_path) -> None:
+    with pytest.raises(stage0.TadmError, match="run stage vae first"):
+        stage0.train_unet(_cfg(photos), tmp_path / "empty")
