@@ -1,0 +1,101 @@
+"""The classic codecs the benchmark compares against, each with an optional pre-shrink.
+
+At 0.01-0.2 bpp people shrink a photo before saving it as JPEG, so every codec
+also runs as shrink -> encode -> decode -> enlarge. Both resizes use Pillow's
+Lanczos filter (a = 3; Pillow widens it by the factor when shrinking, which
+antialiases). The stored bytes are the encoded file exactly as the library
+writes it (headers included); no bytes are added for the original size, which
+a viewer needs to undo the pre-shrink (at most a few bytes, and none when the
+size is a multiple of the factor, as for Urban100).
+
+Libraries: JPEG through Pillow (libjpeg, `optimize=True` for optimised Huffman
+tables, default 4:2:0 chroma); WebP lossy, AVIF and JPEG XL through imagecodecs.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import dataclass
+from importlib import metadata
+
+import imagecodecs
+import numpy as np
+from PIL import Image
+
+from tadmcodec.bench.settings import WEBP_METHOD, Setting
+from tadmcodec.errors import TadmError
+
+
+@dataclass(frozen=True)
+class Coded:
+    """The outcome of coding one image with one setting."""
+
+    n_bytes: int
+    decoded: np.ndarray  # (H, W, 3) uint8 at the original size
+    encode_s: float  # shrink + encode
+    decode_s: float  # decode + enlarge
+
+
+def library_versions() -> str:
+    """Versions that change classic results: part of every classic cache key."""
+    return f"pillow{metadata.version('pillow')}+imagecodecs{metadata.version('imagecodecs')}"
+
+
+def shrink(image: np.ndarray, factor: int) -> np.ndarray:
+    if factor == 1:
+        return image
+    h, w = image.shape[:2]
+    size = (max(1, round(w / factor)), max(1, round(h / factor)))
+    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS))
+
+
+def enlarge(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    if image.shape[:2] == (height, width):
+        return image
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.LANCZOS))
+
+
+def encode(image: np.ndarray, s: Setting) -> bytes:
+    """The file a user would store for `image` (already shrunk) under setting `s`."""
+    try:
+        if s.family == "jpeg":
+            buf = io.BytesIO()
+            Image.fromarray(image).save(buf, format="JPEG", quality=int(s.param), optimize=True)
+            return buf.getvalue()
+        if s.family == "webp":
+            return bytes(imagecodecs.webp_encode(image, level=s.param, lossless=False, method=WEBP_METHOD))
+        if s.family == "avif":
+            return bytes(imagecodecs.avif_encode(image, level=int(s.param), speed=s.option))
+        if s.family == "jxl":
+            return bytes(imagecodecs.jpegxl_encode(image, distance=s.param, effort=s.option))
+    except (RuntimeError, ValueError) as exc:  # imagecodecs errors derive from RuntimeError
+        raise TadmError(f"{s.label}: encoder failed: {exc}") from None
+    raise TadmError(f"not a classic codec: {s.family}")
+
+
+def decode(data: bytes, family: str) -> np.ndarray:
+    if family == "jpeg":
+        arr = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    elif family == "webp":
+        arr = imagecodecs.webp_decode(data)
+    elif family == "avif":
+        arr = imagecodecs.avif_decode(data)
+    elif family == "jxl":
+        arr = imagecodecs.jpegxl_decode(data)
+    else:
+        raise TadmError(f"not a classic codec: {family}")
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] < 3:
+        raise TadmError(f"{family} decoder returned {arr.dtype} {arr.shape}, expected 8-bit RGB")
+    return np.ascontiguousarray(arr[:, :, :3])
+
+
+def code(image: np.ndarray, s: Setting) -> Coded:
+    """shrink -> encode -> decode -> enlarge, timed."""
+    h, w = image.shape[:2]
+    t0 = time.perf_counter()
+    data = encode(np.ascontiguousarray(shrink(image, s.shrink)), s)
+    t1 = time.perf_counter()
+    out = enlarge(decode(data, s.family), w, h)
+    t2 = time.perf_counter()
+    return Coded(n_bytes=len(data), decoded=np.ascontiguousarray(out), encode_s=t1 - t0, decode_s=t2 - t1)
