@@ -41,6 +41,7 @@ class Codec:
     precision: str = "auto"
     model_dirs: dict[str, Path] = field(default_factory=dict)
     _loaded: dict[str, Rescaler] = field(default_factory=dict, repr=False)
+    _digests: dict[str, bytes] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def spec(self, name: str) -> ModelSpec:
@@ -49,6 +50,13 @@ class Codec:
         if name in self.model_dirs:
             spec = registry.with_weights_dir(spec, self.model_dirs[name])
         return spec
+
+    def digest(self, spec: ModelSpec) -> bytes:
+        """The model's weights+config digest, hashed once per Codec (a batch hashes each model once)."""
+        with self._lock:
+            if spec.name not in self._digests:
+                self._digests[spec.name] = spec.digest()
+            return self._digests[spec.name]
 
     def rescaler(self, spec: ModelSpec) -> Rescaler:
         with self._lock:
@@ -81,7 +89,7 @@ class Codec:
             height=height,
             lr_codec=codec_name,
             model_number=spec.number,
-            model_digest=spec.digest(),
+            model_digest=self.digest(spec),
             payload=payload,
             metadata=tuple(metadata),
         )
@@ -119,10 +127,11 @@ class Codec:
         ok, why = spec.availability()
         if not ok:
             raise ModelError(f"file needs model {spec.name}, which is not available here: {why}")
-        if spec.digest() != header.model_digest:
+        here = self.digest(spec)
+        if here != header.model_digest:
             raise ModelError(
                 f"file was made with a different {spec.name} (digest {header.model_digest.hex()}, "
-                f"here {spec.digest().hex()}): decode it with the model that made it"
+                f"here {here.hex()}): decode it with the model that made it"
             )
         return spec
 

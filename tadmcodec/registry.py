@@ -80,27 +80,19 @@ class ModelSpec:
     def digest(self) -> bytes:
         """First DIGEST_SIZE bytes of SHA-256 over the canonical config and every weight file.
 
-        Cached per (folder, file sizes and mtimes), so a CLI batch hashes each model once.
+        Computed afresh on every call (no cache keyed on file times, which can
+        miss a rewrite); `Codec` keeps it for as long as it keeps the model loaded.
         """
-        files: tuple[Path, ...] = ()
+        h = hashlib.sha256()
+        h.update(json.dumps(self.config(), sort_keys=True, separators=(",", ":")).encode())
         if self.kind != "bicubic":
             d = self.weights_dir()
             assert d is not None
-            files = tuple(sorted(d.glob("*.safetensors")))
-        stamped = (*files, d / "model.json") if files else ()
-        key = (self.name, tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in stamped))
-        if key not in _DIGESTS:
-            h = hashlib.sha256()
-            h.update(json.dumps(self.config(), sort_keys=True, separators=(",", ":")).encode())
-            for p in files:
+            for p in sorted(d.glob("*.safetensors")):
                 with open(p, "rb") as f:
                     for block in iter(lambda: f.read(1 << 20), b""):
                         h.update(block)
-            _DIGESTS[key] = h.digest()[:DIGEST_SIZE]
-        return _DIGESTS[key]
-
-
-_DIGESTS: dict[tuple, bytes] = {}
+        return h.digest()[:DIGEST_SIZE]
 
 
 def _package_dir(name: str) -> Callable[[], Path | None]:

@@ -1,0 +1,200 @@
+"""Training stages 1-3 on a micro model (CPU, seconds): losses, what each stage may change,
+checkpoint + resume, export -> load -> TadmRescaler, and the `tadm train` CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from tadmcodec.tadm import backbone as bb
+from tadmcodec.tadm.testing import (
+    MICRO_DFRM, MICRO_REFINER, MICRO_TPM, micro_unet_config, micro_vae_config,
+)
+from tadmcodec.train import stages as S
+from tadmcodec.train.stage0 import latest_checkpoint
+
+SCALE = 16
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    """A micro backbone folder and six smooth synthetic photos (no shared data needed)."""
+    root = tmp_path_factory.mktemp("train")
+    torch.manual_seed(0)
+    vae, unet = bb.build_vae(micro_vae_config()), bb.build_unet(micro_unet_config())
+    bb.save_backbone(root / "backbone", vae, unet, torch.randn(1, 4, 16), 0.5, dtype=torch.float32)
+    photos = root / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        small = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
+        Image.fromarray(small).resize((128, 96), Image.Resampling.BICUBIC).save(photos / f"p{i}.png")
+    return root
+
+
+def micro_cfg(ws: Path, **over) -> dict:
+    stage = {"steps": 2, "batch_size": 2, "crop": 64, "schedule": "halve", "halve_every": 3,
+             "lpips_weight": 0.0, "dists_weight": 0.0}
+    base = {
+        "name": "micro-x16", "scale": SCALE,
+        "backbone": {"kind": "inline", "dir": str(ws / "backbone")},
+        "model": {"dfrm": dataclasses.asdict(MICRO_DFRM), "tpm": dataclasses.asdict(MICRO_TPM),
+                  "refiner": dataclasses.asdict(MICRO_REFINER),
+                  "lora_unet": {"rank": 2, "alpha": 4.0}, "lora_vae": {"rank": 2, "alpha": 4.0}},
+        "data": {"train_dir": str(ws / "photos"), "val_count": 0},
+        "checkpoint": {"every_steps": 1000, "every_minutes": 100.0, "keep": 2},
+        "log_every": 1,
+        "val": {"every_steps": 2, "crop": 64, "lpips": False},
+        "stage1": dict(stage), "stage2": dict(stage), "stage3": dict(stage),
+    }
+    return S.load_config(None, S._merge(base, over))
+
+
+def _acc():
+    return S._accelerator(cpu=True)
+
+
+def _snapshot(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _changed(before: dict, after: dict) -> set[str]:
+    return {k for k in before if not torch.equal(before[k], after[k])}
+
+
+def test_stage1_trains_only_the_dfrm(workspace, tmp_path):
+    cfg = micro_cfg(workspace, data={"val_count": 2})
+    model = S.build_training_model(cfg)
+    before = _snapshot(model)
+    result = S.train_stage("stage1", cfg, tmp_path, accelerator=_acc(), model=model, log=lambda m: None)
+    assert math.isfinite(result["loss"]) and result["rec"] > 0 and result["gui"] > 0
+    changed = _changed(before, _snapshot(model))
+    assert changed and all(k.startswith("dfrm.") for k in changed)
+    assert not any(k.startswith("vae.") for k in changed)  # the VAE stays frozen
+    log = [json.loads(line) for line in (tmp_path / "stage1" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "loss" in r] == [1, 2]
+    val = [r for r in log if "val_bpp" in r]
+    assert val and all(r["val_bpp"] > 0 and math.isfinite(r["val_psnr"]) for r in val)
+
+
+def test_stage2_trains_only_lora_tpm_refiner(workspace, tmp_path):
+    cfg = micro_cfg(workspace)
+    model = S.build_training_model(cfg)
+    S.train_stage("stage1", cfg, tmp_path, accelerator=_acc(), model=model, log=lambda m: None)
+    before = _snapshot(model)
+    result = S.train_stage("stage2", cfg, tmp_path, accelerator=_acc(), model=model, log=lambda m: None)
+    assert math.isfinite(result["loss"]) and result["l1"] > 0
+    changed = _changed(before, _snapshot(model))
+    allowed = lambda k: (k.startswith(("tpm.", "refiner.", "scheduler.refiner.", "unet.conv_in.")) or ".lora_" in k)  # noqa: E731
+    assert changed and all(allowed(k) for k in changed), sorted(k for k in changed if not allowed(k))[:3]
+    assert any(".lora_" in k and k.startswith("vae.decoder.") for k in changed)
+    assert any(".lora_" in k and k.startswith("unet.") for k in changed)
+    assert any(k.startswith("tpm.") for k in changed)
+
+
+def test_stage3_trains_dfrm_and_enhancement(workspace, tmp_path):
+    cfg = micro_cfg(workspace)
+    model = S.build_training_model(cfg)
+    before = _snapshot(model)
+    result = S.train_stage("stage3", cfg, tmp_path, accelerator=_acc(), model=model, log=lambda m: None)
+    assert all(math.isfinite(result[k]) for k in ("loss", "l1", "rec", "gui"))
+    changed = _changed(before, _snapshot(model))
+    assert any(k.startswith("dfrm.") for k in changed) and any(".lora_" in k for k in changed)
+    assert not any(k.startswith("vae.encoder.") or k.endswith(".base_layer.weight") for k in changed)
+
+
+def test_resume_continues_at_the_same_step_and_rng(workspace, tmp_path):
+    straight = micro_cfg(workspace, stage1={"steps": 4})
+    m1 = S.build_training_model(straight)
+    S.train_stage("stage1", straight, tmp_path / "a", accelerator=_acc(), model=m1, log=lambda m: None)
+
+    half = micro_cfg(workspace, stage1={"steps": 2})
+    m2 = S.build_training_model(half)
+    S.train_stage("stage1", half, tmp_path / "b", accelerator=_acc(), model=m2, log=lambda m: None)
+    saved_rng = torch.load(tmp_path / "b" / "stage1" / "rng-00000002-rank0.pt", weights_only=False)["torch"]
+
+    m3 = S.build_training_model(straight)  # a fresh process: new model, resume from disk
+    torch.manual_seed(12345)  # disturb the RNG; resuming must restore it
+    runner = S.StageRunner("stage1", straight, tmp_path / "b", m3, _acc(), resume=True, log=lambda m: None)
+    assert runner.step == 2
+    assert torch.equal(torch.get_rng_state(), saved_rng)
+    S.train_stage("stage1", straight, tmp_path / "b", resume=True, accelerator=_acc(), model=m3,
+                  log=lambda m: None)
+    assert latest_checkpoint(tmp_path / "b" / "stage1").name == "ckpt-00000004.pt"
+    a, b = m1.dfrm.state_dict(), m3.dfrm.state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)  # same data, optimiser state, schedule
+
+
+def test_export_round_trip(workspace, tmp_path):
+    from tadmcodec.tadm.loader import load_model_dir
+    from tadmcodec.tadm.pipeline import TadmRescaler
+
+    cfg = micro_cfg(workspace)
+    model = S.build_training_model(cfg)
+    S.train_stage("stage1", cfg, tmp_path, accelerator=_acc(), model=model, log=lambda m: None)
+    out = S.export(cfg, tmp_path, tmp_path / "export", fp32=True)
+    loaded = load_model_dir(out)
+    trained = model.dfrm.state_dict()
+    assert all(torch.equal(trained[k].cpu(), v) for k, v in loaded.dfrm.state_dict().items())
+    r = TadmRescaler(loaded)
+    img = np.random.default_rng(1).integers(0, 256, (40, 72, 3), dtype=np.uint8)
+    lr = r.downscale(img, SCALE)
+    assert lr.shape == (3, 5, 3) and lr.dtype == np.uint8
+    assert r.upscale(lr, SCALE, (72, 40)).shape == (40, 72, 3)
+    # the small trainable-weights file rebuilds the same folder on the same backbone
+    S.save_trainable(cfg, tmp_path, tmp_path / "w.safetensors")
+    again = S.export(cfg, tmp_path, tmp_path / "export2", fp32=True, weights=tmp_path / "w.safetensors")
+    for f in out.glob("*.safetensors"):
+        assert f.read_bytes() == (again / f.name).read_bytes(), f.name
+
+
+def test_perceptual_loss_when_weights_are_cached(workspace, tmp_path):
+    from tadmcodec.metrics.weights import weights_path
+
+    if not all(weights_path(n).is_file() for n in ("lpips_alex", "lpips_vgg", "dists")):
+        pytest.skip("LPIPS/DISTS weights not in the cache (python -m tadmcodec.metrics.weights)")
+    cfg = micro_cfg(workspace, stage2={"steps": 1, "lpips_weight": 1.0, "dists_weight": 1.0})
+    result = S.train_stage("stage2", cfg, tmp_path, accelerator=_acc(), log=lambda m: None)
+    assert 0 < result["lpips"] < 2 and 0 < result["dists"] < 1
+
+
+def test_lr_schedules():
+    assert S.lr_factor({"schedule": "halve", "halve_every": 10}, 25, 0) == 0.25
+    assert S.lr_factor({"schedule": "constant"}, 99, 0) == 1.0
+    cos = {"schedule": "cosine", "steps": 100, "max_minutes": 1.0}
+    assert S.lr_factor(cos, 0, 0) == pytest.approx(1.0)
+    assert S.lr_factor(cos, 10, 60.0) == pytest.approx(0.05)  # the time box ends the decay
+
+
+def test_cli_errors_are_one_line(tmp_path, workspace):
+    from tadmcodec.cli import main
+
+    runner = CliRunner()
+    res = runner.invoke(main, ["train", "--config", str(tmp_path / "nope.json")])
+    assert res.exit_code == 2 and "does not exist" in res.output and "Traceback" not in res.output
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"scale": 16, "stage1": {"crop": 100}}))
+    res = runner.invoke(main, ["train", "--config", str(bad), "--cpu"])
+    assert res.exit_code == 2 and "multiple of the scale" in res.output
+    res = runner.invoke(main, ["train", "--config", str(bad), "--stage", "0a"])
+    assert res.exit_code == 2 and "stage0_config" in res.output
+
+
+def test_cli_trains_and_exports(workspace, tmp_path):
+    from tadmcodec.cli import main
+
+    cfg = micro_cfg(workspace, stage1={"steps": 1}, stage2={"steps": 1}, stage3={"steps": 1})
+    path = tmp_path / "micro.json"
+    path.write_text(json.dumps(cfg))
+    res = CliRunner().invoke(main, ["train", "--config", str(path), "--run-dir", str(tmp_path / "run"), "--cpu"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "run" / "export" / "model.json").is_file()
+    assert latest_checkpoint(tmp_path / "run" / "stage3").name == "ckpt-00000001.pt"
