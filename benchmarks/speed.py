@@ -77,9 +77,29 @@ WORKER = textwrap.dedent(r"""
 """)
 
 
-def run_worker(name: str, folder: str, device: str, mode: str, size: int, lr_path: str,
+def parse_size(text: str) -> int | str:
+    """'1024' (a square) or '768x512' (width x height); squares stay ints so earlier rows still match."""
+    w, _, h = text.lower().partition("x")
+    if not h or w == h:
+        return int(w)
+    return f"{int(w)}x{int(h)}"
+
+
+def size_wh(size: int | str) -> tuple[int, int]:
+    if isinstance(size, int):
+        return size, size
+    w, h = size.split("x")
+    return int(w), int(h)
+
+
+def size_label(size: int | str) -> str:
+    return f"{size}²" if isinstance(size, int) else str(size)
+
+
+def run_worker(name: str, folder: str, device: str, mode: str, size: int | str, lr_path: str,
                timeout: int) -> dict:
-    cmd = [sys.executable, "-c", WORKER, name, folder, device, mode, str(size), str(size), lr_path]
+    w, h = size_wh(size)
+    cmd = [sys.executable, "-c", WORKER, name, folder, device, mode, str(w), str(h), lr_path]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     for line in p.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -129,7 +149,7 @@ def write(results: list[dict], meta: dict) -> None:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         if "error" in r:
-            lines.append(f"| {r['model']} | {r['device']} | | {r['mode']} | {r['size']}² | error: {r['error']} |"
+            lines.append(f"| {r['model']} | {r['device']} | | {r['mode']} | {size_label(r['size'])} | error: {r['error']} |"
                          " | | | | |")
             continue
         m = r.get("machine", {})
@@ -137,7 +157,7 @@ def write(results: list[dict], meta: dict) -> None:
         where += f"; {m['note']}" if m.get("note") else ""
         gpu = f"{r['peak_gpu_mb']:.0f}" if "peak_gpu_mb" in r else "-"
         lines.append(
-            f"| {r['model']} | {r['device']} | {r['dtype']} | {r['mode']} | {r['size']}² | {r['seconds']:.2f} | "
+            f"| {r['model']} | {r['device']} | {r['dtype']} | {r['mode']} | {size_label(r['size'])} | {r['seconds']:.2f} | "
             f"{r['s_per_mp']:.3f} | {r['peak_rss_mb']:.0f} | {gpu} | "
             f"{r['load_s']:.2f} | {where} |")
     (RESULTS / "speed.md").write_text("\n".join(lines) + "\n")
@@ -149,7 +169,8 @@ def main() -> None:
                     help="a registry model (optionally with its folder); default: every available one")
     ap.add_argument("--random-tiny", action="store_true", help="also benchmark a random micro x16 model")
     ap.add_argument("--devices", nargs="*", help="default: cpu, and cuda when present")
-    ap.add_argument("--sizes", nargs="*", type=int, default=[1024], help="square sizes to encode and decode")
+    ap.add_argument("--sizes", nargs="*", type=parse_size, default=[1024],
+                    help="sizes to encode and decode: 1024 (square) or 768x512")
     ap.add_argument("--decode-sizes", nargs="*", type=int, default=[],
                     help="square sizes to decode only (from a random LR image), e.g. 8192")
     ap.add_argument("--timeout", type=int, default=3600)

@@ -96,7 +96,13 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """DEFAULTS, then the JSON file, then `overrides` (nested dicts merge key by key)."""
-    cfg = copy.deepcopy(DEFAULTS)
+    return merge_config(DEFAULTS, path, overrides)
+
+
+def merge_config(defaults: dict[str, Any], path: str | Path | None,
+                 overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`defaults`, then the JSON file, then `overrides`; one-line InputError for a bad file."""
+    cfg = copy.deepcopy(defaults)
     if path is not None:
         try:
             cfg = _merge(cfg, json.loads(Path(path).read_text()))

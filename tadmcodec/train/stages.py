@@ -25,7 +25,6 @@ float32 (the LR image is rounded from its output, and bf16 cannot represent the
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import json
 import math
@@ -50,7 +49,7 @@ from tadmcodec.tadm.spec import (
 )
 from tadmcodec.train.data import PhotoCrops, list_photos, load_rgb, to_model_range
 from tadmcodec.train.stage0 import (
-    _atomic_save, _load, _merge, _rng_state, _set_rng_state, latest_checkpoint, seed_everything,
+    _atomic_save, _load, _rng_state, merge_config, _set_rng_state, latest_checkpoint, seed_everything,
 )
 
 STAGES = ("stage1", "stage2", "stage3")
@@ -92,16 +91,7 @@ DEFAULTS: dict[str, Any] = {
 
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """DEFAULTS, then the JSON file, then `overrides` (nested dicts merge key by key)."""
-    cfg = copy.deepcopy(DEFAULTS)
-    if path is not None:
-        try:
-            cfg = _merge(cfg, json.loads(Path(path).read_text()))
-        except FileNotFoundError:
-            raise InputError(f"config file {path} does not exist") from None
-        except ValueError as exc:
-            raise InputError(f"config file {path} is not valid JSON: {exc}") from None
-    if overrides:
-        cfg = _merge(cfg, overrides)
+    cfg = merge_config(DEFAULTS, path, overrides)
     if cfg["scale"] not in (8, 16, 32):
         raise InputError(f"config: scale must be 8, 16 or 32, not {cfg['scale']}")
     for s in STAGES:
