@@ -19,7 +19,7 @@ from tadmcodec.tadm.testing import (
     MICRO_DFRM, MICRO_REFINER, MICRO_TPM, micro_unet_config, micro_vae_config,
 )
 from tadmcodec.train import stages as S
-from tadmcodec.train.stage0 import latest_checkpoint
+from tadmcodec.train.stage0 import _merge, latest_checkpoint
 
 SCALE = 16
 
@@ -55,7 +55,7 @@ def micro_cfg(ws: Path, **over) -> dict:
         "val": {"every_steps": 2, "crop": 64, "lpips": False},
         "stage1": dict(stage), "stage2": dict(stage), "stage3": dict(stage),
     }
-    return S.load_config(None, S._merge(base, over))
+    return S.load_config(None, _merge(base, over))
 
 
 def _acc():
