@@ -139,7 +139,7 @@ def write(results: list[dict], meta: dict) -> None:
     key = lambda r: (r["model"], r["device"], r["mode"], r["size"])  # noqa: E731
     merged = {key(r): r for r in old}
     merged.update({key(r): {**r, "machine": meta} for r in results})
-    runs = sorted(merged.values(), key=key)
+    runs = sorted(merged.values(), key=lambda r: (r["model"], r["device"], r["mode"], size_wh(r["size"])))
     path.write_text(json.dumps({"runs": runs}, indent=1) + "\n")
     lines = ["# Speed and memory", "",
              "Written by `python benchmarks/speed.py`. s/MP = seconds per megapixel of the *original* image;",
