@@ -131,14 +131,10 @@ def bd_rate(
     lower_is_better: bool = False,
 ) -> float | None:
     """BD-rate of `test` against `anchor` in percent (negative = test saves bits), or None (n/a)."""
-    sign = -1.0 if lower_is_better else 1.0
-    ra, qa = pareto_front(anchor_rate, [sign * m for m in anchor_metric])
-    rt, qt = pareto_front(test_rate, [sign * m for m in test_metric])
-    if len(ra) < 2 or len(rt) < 2:
+    fronts = _fronts_and_overlap(anchor_rate, anchor_metric, test_rate, test_metric, lower_is_better)
+    if fronts is None:
         return None
-    lo, hi = max(qa[0], qt[0]), min(qa[-1], qt[-1])
-    if not hi > lo:
-        return None
+    (ra, qa), (rt, qt), (lo, hi) = fronts
     la, lt = np.log(ra), np.log(rt)
     ia = _hermite_integral(qa, la, _pchip_slopes(qa, la), lo, hi)
     it = _hermite_integral(qt, lt, _pchip_slopes(qt, lt), lo, hi)
@@ -151,15 +147,24 @@ def overlap(
     test_rate: Sequence[float], lower_is_better: bool = False,
 ) -> tuple[float, float] | None:
     """The quality interval (in metric units) a BD-rate was averaged over, or None."""
+    fronts = _fronts_and_overlap(anchor_rate, anchor_metric, test_rate, test_metric, lower_is_better)
+    if fronts is None:
+        return None
+    lo, hi = fronts[2]
+    return (-hi, -lo) if lower_is_better else (lo, hi)
+
+
+def _fronts_and_overlap(anchor_rate, anchor_metric, test_rate, test_metric, lower_is_better):
+    """Both Pareto fronts (metric negated when lower is better) and their common quality range, or None."""
     sign = -1.0 if lower_is_better else 1.0
-    _, qa = pareto_front(anchor_rate, [sign * m for m in anchor_metric])
-    _, qt = pareto_front(test_rate, [sign * m for m in test_metric])
-    if len(qa) < 2 or len(qt) < 2:
+    ra, qa = pareto_front(anchor_rate, [sign * m for m in anchor_metric])
+    rt, qt = pareto_front(test_rate, [sign * m for m in test_metric])
+    if len(ra) < 2 or len(rt) < 2:
         return None
     lo, hi = max(qa[0], qt[0]), min(qa[-1], qt[-1])
     if not hi > lo:
         return None
-    return (sign * lo, sign * hi) if sign > 0 else (sign * hi, sign * lo)
+    return (ra, qa), (rt, qt), (lo, hi)
 
 
 def bd_quality(
