@@ -31,7 +31,7 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import click
 import numpy as np
@@ -144,6 +144,24 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def save_checkpoint(acc, folder: Path, step: int, keep: int, payload: Callable[[], dict[str, Any]]) -> Path:
+    """ckpt-<step>.pt from `payload()` (main process), rng-<step>-rank<r>.pt (every process), then
+    prune to the newest `keep` checkpoints and their RNG files. Shared by every training stage."""
+    acc.wait_for_everyone()
+    _atomic_save(_rng_state(), folder / f"rng-{step:08d}-rank{acc.process_index}.pt")
+    path = folder / f"ckpt-{step:08d}.pt"
+    if acc.is_main_process:
+        _atomic_save(payload(), path)
+        for old in sorted(folder.glob("ckpt-*.pt"))[:-keep]:
+            old.unlink()
+        kept = {p.stem.removeprefix("ckpt-") for p in folder.glob("ckpt-*.pt")}
+        for r in folder.glob("rng-*.pt"):
+            if r.stem.split("-")[1] not in kept:
+                r.unlink(missing_ok=True)
+    acc.wait_for_everyone()
+    return path
+
+
 def latest_checkpoint(folder: Path) -> Path | None:
     """The checkpoint with the highest step in `folder` (None if there is none)."""
     ckpts = sorted(folder.glob("ckpt-*.pt"))
@@ -226,29 +244,15 @@ class _Trainer:
 
     def save(self) -> Path:
         """Write ckpt-<step>.pt (main process) and rng-<step>-rank<r>.pt (every process)."""
-        acc = self.acc
-        acc.wait_for_everyone()
-        _atomic_save(_rng_state(), self.dir / f"rng-{self.step:08d}-rank{acc.process_index}.pt")
-        path = self.dir / f"ckpt-{self.step:08d}.pt"
-        if acc.is_main_process:
-            _atomic_save({
-                "model": acc.unwrap_model(self.model).state_dict(),
-                "ema": self.ema.model.state_dict(),
-                "optimizer": self.opt.state_dict(),
-                "scheduler": self.sched.state_dict(),
-                "step": self.step,
-                "extra": self.extra_state,
-                "config": self.cfg,
-            }, path)
-            keep = int(self.cfg["checkpoint"]["keep"])
-            for old in sorted(self.dir.glob("ckpt-*.pt"))[:-keep]:
-                old.unlink()
-            kept = {p.stem.removeprefix("ckpt-") for p in self.dir.glob("ckpt-*.pt")}
-            for r in self.dir.glob("rng-*.pt"):
-                if r.stem.split("-")[1] not in kept:
-                    r.unlink(missing_ok=True)
-        acc.wait_for_everyone()
-        return path
+        return save_checkpoint(self.acc, self.dir, self.step, int(self.cfg["checkpoint"]["keep"]), lambda: {
+            "model": self.acc.unwrap_model(self.model).state_dict(),
+            "ema": self.ema.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "step": self.step,
+            "extra": self.extra_state,
+            "config": self.cfg,
+        })
 
     def run(self, loss_fn, total_steps: int, max_minutes: float | None) -> dict[str, float]:
         """Train until `total_steps` or `max_minutes`; returns the mean of the last logged losses."""

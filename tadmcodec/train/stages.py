@@ -49,7 +49,7 @@ from tadmcodec.tadm.spec import (
 )
 from tadmcodec.train.data import PhotoCrops, list_photos, load_rgb, to_model_range
 from tadmcodec.train.stage0 import (
-    _atomic_save, _load, _rng_state, merge_config, _set_rng_state, latest_checkpoint, seed_everything,
+    _load, merge_config, save_checkpoint, _set_rng_state, latest_checkpoint, seed_everything,
 )
 
 STAGES = ("stage1", "stage2", "stage3")
@@ -402,22 +402,9 @@ class StageRunner:
             seed_everything(cfg["seed"] + 7919 * accelerator.process_index + 101 * STAGES.index(stage))
 
     def save(self) -> Path:
-        acc = self.acc
-        acc.wait_for_everyone()
-        _atomic_save(_rng_state(), self.dir / f"rng-{self.step:08d}-rank{acc.process_index}.pt")
-        path = self.dir / f"ckpt-{self.step:08d}.pt"
-        if acc.is_main_process:
-            _atomic_save({"weights": checkpoint_state(self.model), "optimizer": self.opt.state_dict(),
-                          "step": self.step, "elapsed_s": self.elapsed, "stage": self.stage,
-                          "config": self.cfg}, path)
-            for old in sorted(self.dir.glob("ckpt-*.pt"))[:-int(self.cfg["checkpoint"]["keep"])]:
-                old.unlink()
-            kept = {p.stem.removeprefix("ckpt-") for p in self.dir.glob("ckpt-*.pt")}
-            for r in self.dir.glob("rng-*.pt"):
-                if r.stem.split("-")[1] not in kept:
-                    r.unlink(missing_ok=True)
-        acc.wait_for_everyone()
-        return path
+        return save_checkpoint(self.acc, self.dir, self.step, int(self.cfg["checkpoint"]["keep"]), lambda: {
+            "weights": checkpoint_state(self.model), "optimizer": self.opt.state_dict(),
+            "step": self.step, "elapsed_s": self.elapsed, "stage": self.stage, "config": self.cfg})
 
     def run(self, loss_fn: Callable[[int], tuple[torch.Tensor, dict[str, float]]],
             val_fn: Callable[[], dict[str, float]] | None) -> dict[str, float]:
