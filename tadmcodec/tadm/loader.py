@@ -70,32 +70,31 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
         raise ModelError(f"cannot read {path}: {exc}") from None
 
 
-def load_strict(module: nn.Module, state: dict[str, torch.Tensor], where: Path | str) -> None:
-    """load_state_dict that reports the first missing/unexpected key or bad shape by file."""
+def _check_state(module: nn.Module, state: dict[str, torch.Tensor], where: Path | str, against: str,
+                 counts: bool) -> None:
+    """ModelError naming the first missing/unexpected key or wrong shape of `state` for `module`."""
     own = module.state_dict()
     missing = [k for k in own if k not in state]
     extra = [k for k in state if k not in own]
     if missing or extra:
         what = f"missing {missing[0]}" if missing else f"unexpected {extra[0]}"
-        raise ModelError(f"{where} does not match model.json ({len(missing)} missing, "
-                         f"{len(extra)} unexpected tensors; {what})")
+        detail = f"{len(missing)} missing, {len(extra)} unexpected tensors; {what}" if counts else what
+        raise ModelError(f"{where} does not match {against} ({detail})")
+    implied = "model.json" if against == "model.json" else "config"
     for k, v in state.items():
         if own[k].shape != v.shape:
-            raise ModelError(f"{where}: {k} has shape {tuple(v.shape)}, model.json implies {tuple(own[k].shape)}")
+            raise ModelError(f"{where}: {k} has shape {tuple(v.shape)}, {implied} implies {tuple(own[k].shape)}")
+
+
+def load_strict(module: nn.Module, state: dict[str, torch.Tensor], where: Path | str) -> None:
+    """load_state_dict that reports the first missing/unexpected key or bad shape by file."""
+    _check_state(module, state, where, "model.json", counts=True)
     module.load_state_dict(state, strict=True)
 
 
 def _load_assign(module: nn.Module, state: dict[str, torch.Tensor], where: Path | str) -> None:
     """Load weights into a module built on the meta device (no random init of big backbones)."""
-    own = module.state_dict()
-    missing = [k for k in own if k not in state]
-    extra = [k for k in state if k not in own]
-    if missing or extra:
-        what = f"missing {missing[0]}" if missing else f"unexpected {extra[0]}"
-        raise ModelError(f"{where} does not match its config ({what})")
-    for k, v in state.items():
-        if own[k].shape != v.shape:
-            raise ModelError(f"{where}: {k} has shape {tuple(v.shape)}, config implies {tuple(own[k].shape)}")
+    _check_state(module, state, where, "its config", counts=False)
     module.load_state_dict(state, strict=True, assign=True)
     left = [n for n, t in list(module.named_parameters()) + list(module.named_buffers()) if t.is_meta]
     if left:
@@ -205,8 +204,8 @@ def _backbone(config: TadmConfig, folder: Path | None, sd_dir: Any, vae_dir: Any
                 raise ModelError(f"model.json: backbone files need one {prefix}*{suffix} entry")
             return found[0]
 
-        unet_cfg = _read_json(pick("sd:unet/", "config.json"))
-        vae_cfg = _read_json(pick("vae:", "config.json"))
+        unet_cfg = S.read_json_object(pick("sd:unet/", "config.json"))
+        vae_cfg = S.read_json_object(pick("vae:", "config.json"))
         unet_path, vae_path = pick("sd:unet/", ".safetensors"), pick("vae:", ".safetensors")
     with quiet(), torch.device("meta"):
         vae = AutoencoderKL.from_config(vae_cfg)
@@ -214,13 +213,6 @@ def _backbone(config: TadmConfig, folder: Path | None, sd_dir: Any, vae_dir: Any
     _load_assign(vae, read_weights(vae_path), vae_path)
     _load_assign(unet, read_weights(unet_path), unet_path)
     return vae, unet
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot read {path}: {exc}") from None
 
 
 def build_model(config: TadmConfig, folder: Path | None = None, *, sd_dir: Any = None,

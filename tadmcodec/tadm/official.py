@@ -29,7 +29,6 @@ that unpickler rejects.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import pickle
 import re
@@ -259,21 +258,9 @@ def adapter_layout(module_config: Mapping[str, Any], kind: str, lora: LoraSpec) 
 # ------------------------------------------------------- base model pieces
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ModelError(f"missing {path}") from None
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot read {path}: {exc}") from None
-    if not isinstance(data, dict):
-        raise ModelError(f"{path}: expected a JSON object")
-    return data
-
-
 def scheduler_config(base_model: Path) -> dict[str, Any]:
     """The noise schedule of the base model (the official fixed step reads the same file)."""
-    cfg = _read_json(base_model / "scheduler" / "scheduler_config.json")
+    cfg = S.read_json_object(base_model / "scheduler" / "scheduler_config.json")
     where = base_model / "scheduler" / "scheduler_config.json"
     if cfg.get("trained_betas") is not None:
         raise ModelError(f"{where}: explicit trained_betas are not supported (Stable Diffusion uses scaled_linear)")
@@ -433,7 +420,7 @@ def import_official(dfrm_path: str | os.PathLike, tadm_path: str | os.PathLike, 
     check_layout(heads["tpm"], ckpt.tpm, f"{tadm_file}: state_dict_timemapping")
     check_layout(heads["refiner"], ckpt.refiner, f"{tadm_file}: state_dict_refiner")
     unet_json, vae_json = base / "unet" / "config.json", (vae_dir or base / "vae") / "config.json"
-    unet_cfg, vae_cfg = _read_json(unet_json), _read_json(vae_json)
+    unet_cfg, vae_cfg = S.read_json_object(unet_json), S.read_json_object(vae_json)
     lat = DfrmConfig().latent_channels
     if (unet_cfg.get("in_channels"), unet_cfg.get("out_channels")) != (lat, lat):
         raise ModelError(f"{unet_json}: TADM needs a UNet on {lat}-channel latents")

@@ -241,16 +241,23 @@ def _build(cls: type, data: Any, where: str) -> Any:
         raise ModelError(f"{where}: {cls.__name__}: {exc}") from None
 
 
-def read_config(folder: Path) -> TadmConfig:
-    """Parse `folder/model.json`; ModelError names the file on any problem."""
-    path = folder / "model.json"
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON file that must hold an object; ModelError names the file on any problem."""
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         raise ModelError(f"missing {path}") from None
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot read {path}: {exc}") from None
-    return TadmConfig.from_dict(data, where=str(path))
+    if not isinstance(data, dict):
+        raise ModelError(f"{path}: expected a JSON object")
+    return data
+
+
+def read_config(folder: Path) -> TadmConfig:
+    """Parse `folder/model.json`; ModelError names the file on any problem."""
+    path = folder / "model.json"
+    return TadmConfig.from_dict(read_json_object(path), where=str(path))
 
 
 def write_config(folder: Path, config: TadmConfig) -> Path:
