@@ -11,7 +11,7 @@ import pytest
 from tadmcodec.bench import classic
 from tadmcodec.bench.bdrate import bd_rate, overlap, pareto_front
 from tadmcodec.bench.cache import ResultCache, image_hash
-from tadmcodec.bench.settings import GRIDS, Setting, classic_settings, model_settings, parse_numbers
+from tadmcodec.bench.settings import CLASSIC_CODECS, GRIDS, SHRINKS, Setting, classic_settings, model_settings, parse_numbers
 from tadmcodec.errors import InputError
 
 
@@ -108,9 +108,14 @@ def test_settings_keys_are_unique_and_curves_group_by_shrink():
     assert {s.curve for s in ours} == {"bicubic-png", "bicubic-webp"}
 
 
-def test_standard_grid_is_small_and_options_change_keys():
+def test_standard_grid_covers_every_codec_and_shrink_and_options_change_keys():
     std = classic_settings(GRIDS["standard"])
-    assert len(std) == 6
+    assert len(std) == 29
+    assert {s.curve for s in std} == {c if k == 1 else f"{c}-shrink{k}" for c in CLASSIC_CODECS for k in SHRINKS}
+    # every curve starts at its codec's lowest rate
+    lowest = {"jpeg": 1, "webp": 0, "avif": 0, "jxl": 25}
+    for curve in {s.curve for s in std}:
+        assert any(s.param == lowest[s.family] for s in std if s.curve == curve), curve
     a = classic_settings(GRIDS["quick"], codecs=("avif",), avif_speed=6)
     b = classic_settings(GRIDS["quick"], codecs=("avif",), avif_speed=8)
     assert {s.key for s in a}.isdisjoint({s.key for s in b})

@@ -328,6 +328,31 @@ def test_evaluate_all_metrics_and_network_cache(metric_weights: None) -> None:
     assert network("dists", "cpu") is network("dists", "cpu")
 
 
+def test_evaluator_reuses_reference_features(metric_weights: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many tests against one reference: same values as `evaluate`, reference passed through each net once."""
+    from tadmcodec.metrics import evaluate
+    from tadmcodec.metrics.evaluation import Evaluator, network
+
+    ref, test_a = _noisy_pair(40, 48)
+    test_b = np.clip(ref.astype(int) + np.random.default_rng(1).integers(-9, 10, ref.shape), 0, 255).astype(np.uint8)
+    calls: list[int] = []
+    for name in ("lpips_alex", "lpips_vgg", "dists"):
+        net = network(name, "cpu")
+        original = net.features
+        monkeypatch.setattr(net, "features", lambda x, _f=original: (calls.append(1), _f(x))[1])
+    ev = Evaluator(ref)
+    first, second = ev(test_a), ev(test_b)
+    assert len(calls) == 3 + 3 + 3  # the reference once per net, then one pass per test per net
+    monkeypatch.undo()
+    for test, got in ((test_a, first), (test_b, second)):
+        want = evaluate(ref, test)
+        for m in METRICS:
+            assert got[m] == pytest.approx(want[m], rel=1e-6, abs=1e-7), m
+    assert first["lpips_vgg"] != second["lpips_vgg"]
+    with pytest.raises(InputError, match="fid"):
+        Evaluator(ref, ["psnr", "fid"])
+
+
 def test_loading_imports_neither_jax_nor_torchvision(metric_weights: None) -> None:
     code = (
         "import sys, numpy as np\n"

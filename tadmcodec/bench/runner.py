@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 
@@ -37,6 +37,9 @@ from tadmcodec.bench.settings import (
 from tadmcodec.errors import InputError, ModelError, TadmError
 from tadmcodec.files import expand_inputs
 from tadmcodec.imageio import INPUT_EXTENSIONS, load_image
+
+if TYPE_CHECKING:
+    from tadmcodec.metrics.evaluation import Evaluator
 
 ALL_METRICS: tuple[str, ...] = ("psnr", "ssim", "lpips_alex", "lpips_vgg", "dists")
 """The metric names of `tadmcodec.metrics.METRICS` (kept here so --help needs no torch)."""
@@ -271,6 +274,7 @@ class _Worker:
         self.metrics = metrics
         self._images: OrderedDict[str, np.ndarray] = OrderedDict()
         self._memo: OrderedDict[tuple[str, str], dict[str, float]] = OrderedDict()
+        self._evaluator: tuple[str, Evaluator] | None = None  # (image sha, Evaluator holding its features)
 
     def pixels(self, img: BenchImage) -> np.ndarray:
         if img.sha not in self._images:
@@ -326,9 +330,12 @@ class _Worker:
         """All metrics, once per distinct decoded picture (lossless LR codecs decode identically)."""
         key = (sha, hashlib.sha256(decoded.tobytes()).hexdigest())
         if key not in self._memo:
-            from tadmcodec.metrics import evaluate
+            if self._evaluator is None or self._evaluator[0] != sha:
+                from tadmcodec.metrics.evaluation import Evaluator
 
-            values = evaluate(ref, decoded, metrics=self.metrics, device=self.device)
+                self._evaluator = None  # free the previous image's features first
+                self._evaluator = (sha, Evaluator(ref, metrics=self.metrics, device=self.device))
+            values = self._evaluator[1](decoded)
             self._memo[key] = {m: float(values[m]) for m in self.metrics}
             while len(self._memo) > 64:
                 self._memo.popitem(last=False)

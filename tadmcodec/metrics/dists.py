@@ -54,7 +54,11 @@ class DISTS(nn.Module):
         return [x] + self.trunk((x - self.mean) / self.std)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        fx, fy = self.features(x), self.features(y)
+        return self.distance(self.features(x), self.features(y))
+
+    def distance(self, fx: list[torch.Tensor], fy: list[torch.Tensor]) -> torch.Tensor:
+        """DISTS from two images' `features`, shape (N,)."""
+        x = fx[0]
         w_sum = self.alpha.sum() + self.beta.sum()
         alphas = torch.split(self.alpha / w_sum, list(DISTS_CHANNELS), dim=1)
         betas = torch.split(self.beta / w_sum, list(DISTS_CHANNELS), dim=1)

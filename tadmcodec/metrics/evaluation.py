@@ -37,6 +37,44 @@ def _to_signed(img: np.ndarray, device: str) -> torch.Tensor:
     return torch.from_numpy(arr).to(device).permute(2, 0, 1)[None]
 
 
+class Evaluator:
+    """Every metric of many test images against one reference, at full resolution.
+
+    The reference's network features are computed once, on first use, and kept:
+    a rate sweep compares dozens of decodings with the same original, and the
+    reference half of LPIPS-VGG and DISTS is the costliest part of each
+    comparison (about 3 s per VGG16 pass on a 0.66-MP image on 2 CPU cores).
+    """
+
+    def __init__(self, ref: np.ndarray, metrics: Iterable[str] = METRICS, device: str | torch.device = "cpu") -> None:
+        self.names = list(metrics)
+        unknown = [m for m in self.names if m not in METRICS]
+        if unknown:
+            raise InputError(f"unknown metric {unknown[0]!r} (choose from {', '.join(METRICS)})")
+        self.ref = ref
+        self.device = str(torch.device(device))
+        self._ref_features: dict[str, list[torch.Tensor]] = {}
+
+    def __call__(self, test: np.ndarray) -> dict[str, float]:
+        """{name: value} in the order asked: PSNR dB and SSIM (higher is better), LPIPS and DISTS (lower)."""
+        check_pair(self.ref, test)
+        out: dict[str, float] = {}
+        for name in self.names:
+            if name == "psnr":
+                out[name] = psnr(self.ref, test)
+            elif name == "ssim":
+                out[name] = ssim(self.ref, test)
+            else:
+                net = network(name, self.device)
+                convert = _to_tensor if name == "dists" else _to_signed
+                with torch.inference_mode():
+                    if name not in self._ref_features:
+                        self._ref_features[name] = net.features(convert(self.ref, self.device))
+                    value = net.distance(self._ref_features[name], net.features(convert(test, self.device)))
+                out[name] = float(value[0])
+        return out
+
+
 def evaluate(
     ref: np.ndarray,
     test: np.ndarray,
@@ -47,22 +85,6 @@ def evaluate(
 
     Returns {name: value} in the order asked. PSNR in dB (higher is better),
     SSIM (higher is better), LPIPS and DISTS distances (lower is better).
+    For many tests against one reference, use `Evaluator`.
     """
-    names = list(metrics)
-    unknown = [m for m in names if m not in METRICS]
-    if unknown:
-        raise InputError(f"unknown metric {unknown[0]!r} (choose from {', '.join(METRICS)})")
-    check_pair(ref, test)
-    dev = str(torch.device(device))
-    out: dict[str, float] = {}
-    for name in names:
-        if name == "psnr":
-            out[name] = psnr(ref, test)
-        elif name == "ssim":
-            out[name] = ssim(ref, test)
-        else:
-            net = network(name, dev)
-            convert = _to_tensor if name == "dists" else _to_signed
-            with torch.inference_mode():
-                out[name] = float(net(convert(ref, dev), convert(test, dev))[0])
-    return out
+    return Evaluator(ref, metrics, device)(test)

@@ -59,13 +59,18 @@ class LPIPS(nn.Module):
             head.data.copy_(tensors[key])
         self.eval()
 
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The unit-normalised taps of `x` in [-1, 1]: what `distance` compares (reusable per image)."""
+        return [unit_normalise(f) for f in self.trunk((x - self.shift) / self.scale)]
+
+    def distance(self, fx: list[torch.Tensor], fy: list[torch.Tensor]) -> torch.Tensor:
+        """LPIPS from two images' `features`, shape (N,)."""
+        total = fx[0].new_zeros(fx[0].shape[0])
+        for head, a, b in zip(self.heads, fx, fy):
+            total = total + F.conv2d((a - b) ** 2, head).mean(dim=(1, 2, 3))
+        return total
+
     def forward(self, x: torch.Tensor, y: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         if normalize:  # [0, 1] -> [-1, 1]
             x, y = 2 * x - 1, 2 * y - 1
-        fx = self.trunk((x - self.shift) / self.scale)
-        fy = self.trunk((y - self.shift) / self.scale)
-        total = x.new_zeros(x.shape[0])
-        for head, a, b in zip(self.heads, fx, fy):
-            diff = (unit_normalise(a) - unit_normalise(b)) ** 2
-            total = total + F.conv2d(diff, head).mean(dim=(1, 2, 3))
-        return total
+        return self.distance(self.features(x), self.features(y))

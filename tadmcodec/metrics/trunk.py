@@ -72,6 +72,9 @@ class FeatureTrunk(nn.Module):
         self.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        # channels-last runs the convs about a third faster on CPU (oneDNN) and
+        # changes values only by float rounding (< 1e-4 on the features).
+        x = x.contiguous(memory_format=torch.channels_last)
         feats = []
         i = 0
         for stage, pool in zip(self.stages, self.pools):
