@@ -65,6 +65,23 @@ def test_other_scales(scale: int) -> None:
     assert r.upscale(lr, scale, (70, 40)).shape == (40, 70, 3)
 
 
+def test_read_only_arrays_are_accepted_silently(rescaler: TadmRescaler) -> None:
+    """np.asarray(PIL image) is read-only: no torch warning, same bytes as a writable copy."""
+    import warnings
+
+    img = photo(64, 96, seed=4)
+    frozen = np.asarray(Image.fromarray(img))
+    assert not frozen.flags.writeable
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lr = rescaler.downscale(frozen, 16)
+        lr_frozen = lr.copy()
+        lr_frozen.flags.writeable = False
+        out = rescaler.upscale(lr_frozen, 16, (96, 64))
+    assert np.array_equal(lr, rescaler.downscale(img.copy(), 16))
+    assert np.array_equal(out, rescaler.upscale(lr, 16, (96, 64)))
+
+
 def test_same_input_same_bytes(rescaler: TadmRescaler, x16: Path) -> None:
     img = photo(64, 96, seed=3)
     lr = rescaler.downscale(img, 16)

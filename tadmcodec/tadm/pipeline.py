@@ -81,7 +81,7 @@ class TadmRescaler:
                 or image.shape[2] != 3 or min(image.shape[:2]) < 1:
             raise InputError("the TADM encoder needs an 8-bit RGB image")
         h, w = image.shape[:2]
-        padded = np.ascontiguousarray(pad_to_multiple(image, scale))
+        padded = np.require(pad_to_multiple(image, scale), requirements=["C", "W"])  # torch wants writable
         with torch.inference_mode():
             raw = torch.from_numpy(padded).permute(2, 0, 1)[None]  # uint8 view, (1, 3, H, W)
             z = self._encode_latent(raw)
@@ -127,7 +127,7 @@ class TadmRescaler:
                               f"at x{scale}, got {got}")
         m = self.model
         with torch.inference_mode():
-            q = torch.from_numpy(np.ascontiguousarray(lr)).permute(2, 0, 1)[None].to(self.device)
+            q = torch.from_numpy(np.require(lr, requirements=["C", "W"])).permute(2, 0, 1)[None].to(self.device)
             z_lr = m.dfrm.from_lr(dequantize(q))
             z_hat = self._gd(z_lr)
             z0, tmap = self._enhance(z_hat)
