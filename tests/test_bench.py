@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -199,3 +200,35 @@ def test_bd_quality_is_the_metric_gap_at_equal_rate():
     assert bd_rate(r, psnr, r, psnr + 50) is None
     assert bd_quality(r, psnr, r, psnr + 50) == pytest.approx(50.0)
     assert bd_quality(r, psnr, r * 100, psnr) is None
+
+
+_RSS_AFTER_FREE = """
+import sys, numpy as np
+from tadmcodec.bench.runner import keep_freed_memory
+def rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()
+base = rss_mb()
+a = np.ones(300 * 2**20, np.uint8)
+del a
+print(rss_mb() - base)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs Linux /proc to read the resident size")
+def test_keep_freed_memory_keeps_a_large_freed_block(tmp_path):
+    """With the setting a 300 MB block stays resident after free (reused next time); without it, it is unmapped."""
+    import platform
+    import subprocess
+    import sys
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt settings are glibc's")
+    grown = {}
+    for mode in ("keep", "default"):
+        proc = subprocess.run([sys.executable, "-c", _RSS_AFTER_FREE, mode], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-1000:]
+        grown[mode] = float(proc.stdout.strip())
+    assert grown["keep"] > 250 and grown["default"] < 50, grown
