@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The standard R-D benchmark on the 30 Urban100 images in ../shared/data/urban100.
 #
-#   benchmarks/run_urban100.sh            standard grid, all 30 images (hours on 2 CPU cores: 8 images took 68 min)
+#   benchmarks/run_urban100.sh            standard grid, all 30 images (91 min on 2 CPU cores with --jobs 2)
 #   benchmarks/run_urban100.sh --quick    CI-sized: 3 images, grid `quick`
 #   benchmarks/run_urban100.sh --limit N  standard grid on the first N images only
 #
