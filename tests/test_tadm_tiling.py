@@ -159,3 +159,14 @@ def test_vae_encode_tiles(model) -> None:
         tiled = _tiler(model, encode_tile=64, encode_halo=32, stats_grid=3).encode(raw, prep)
     assert tiled.shape == ref.shape
     assert (tiled - ref).abs().mean() < 0.05 * ref.std()
+
+
+def test_vae_decode_untiled_area(model) -> None:
+    """A latent over one tile but within decode_untiled_area decodes whole, exactly as untiled."""
+    z = smooth((1, 4, 40, 40))
+    with torch.no_grad():
+        ref = to_uint8_image(model.decode_latent(z))
+        whole = _tiler(model, decode_tile=12, decode_halo=8, decode_untiled_area=40 * 40).decode(z)
+        tiled = _tiler(model, decode_tile=12, decode_halo=8, decode_untiled_area=40 * 40 - 1).decode(z)
+    assert np.array_equal(whole, ref)
+    assert not np.array_equal(tiled, ref)

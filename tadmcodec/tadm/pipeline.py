@@ -42,6 +42,7 @@ class TadmRescaler:
         self._vae = VaeTiler(
             model.vae, model.encode_latent, model.decode_latent, factor=LATENT_FACTOR,
             decode_tile=t.vae_decode_tile, decode_halo=t.vae_decode_halo,
+            decode_untiled_area=t.vae_decode_untiled_area,
             encode_tile=t.vae_encode_tile, encode_halo=t.vae_encode_halo,
             blend=t.vae_blend, stats_grid=t.stats_grid,
         )

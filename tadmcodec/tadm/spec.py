@@ -123,6 +123,7 @@ class TilingConfig:
     tile_batch: int = 4  # UNet tiles per batch
     vae_decode_tile: int = 64  # latent px per decoder tile (core)
     vae_decode_halo: int = 16  # latent px of context around it
+    vae_decode_untiled_area: int = 128 * 128  # latent px: latents up to this area (1 MP) decode whole
     vae_encode_tile: int = 512  # image px per encoder tile (core)
     vae_encode_halo: int = 64
     vae_blend: float = 0.5  # fraction of the halo used for the feathered seam
@@ -209,7 +210,8 @@ class TadmConfig:
             raise bad("tiling: need 0 < latent_stride <= latent_tile, latent_tile a multiple of 8")
         if t.vae_encode_tile % 8 or t.vae_encode_halo % 8:
             raise bad("tiling: vae_encode_tile and vae_encode_halo must be multiples of 8")
-        if min(t.tile_batch, t.vae_decode_tile, t.vae_encode_tile, t.stats_grid, t.dfrm_tile) < 1:
+        if min(t.tile_batch, t.vae_decode_tile, t.vae_encode_tile, t.stats_grid, t.dfrm_tile) < 1 \
+                or t.vae_decode_untiled_area < 0:
             raise bad("tiling: sizes must be positive")
         if not 0.0 <= t.vae_blend <= 1.0:
             raise bad("tiling: vae_blend must be in [0, 1]")
