@@ -349,6 +349,10 @@ def test_evaluator_reuses_reference_features(metric_weights: None, monkeypatch: 
         for m in METRICS:
             assert got[m] == pytest.approx(want[m], rel=1e-6, abs=1e-7), m
     assert first["lpips_vgg"] != second["lpips_vgg"]
+    # a reference over KEEP_MAX_PIXELS is not kept: each call passes it through the nets again
+    monkeypatch.setattr(Evaluator, "KEEP_MAX_PIXELS", 40 * 48 - 1)
+    big = Evaluator(ref)
+    assert big(test_a) == first and big(test_b) == second and not big._ref_features
     with pytest.raises(InputError, match="fid"):
         Evaluator(ref, ["psnr", "fid"])
 

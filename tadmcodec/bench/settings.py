@@ -109,7 +109,7 @@ GRIDS: dict[str, Grid] = {
     # The committed urban100 run: every codec at every pre-shrink, 2-4 points per
     # curve placed from its lowest rate up to ~0.2 bpp (the product's range),
     # from a rate-only sweep of the full grid on every 5th Urban100 image
-    # (docs/bench.md). 29 classic settings per image, about 4 min per image on
+    # (docs/bench.md). 29 classic settings per image, about 3 min per image on
     # 2 CPU cores, where LPIPS-VGG and DISTS dominate the cost.
     "standard": Grid(
         {
