@@ -47,8 +47,7 @@ def main() -> int:
         px = read_image(path)
         h, w = px.shape[:2]
         for s in settings:
-            img = classic.shrink(px, s.shrink) if s.shrink > 1 else px
-            rates[s.key].append(8 * len(classic.encode(img, s)) / (w * h))
+            rates[s.key].append(8 * len(classic.encode(classic.shrink(px, s.shrink), s)) / (w * h))
         print(f"rate_sweep: {Path(path).name}", file=sys.stderr)
     means = {s.key: float(np.mean(rates[s.key])) for s in settings}
     args.out.mkdir(parents=True, exist_ok=True)

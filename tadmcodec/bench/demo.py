@@ -94,7 +94,7 @@ def run_demo(
     scale: int | None = None, device: str = "cpu",
 ) -> tuple[list[DemoRow], Path]:
     """Code the sample photos both ways, write the files and the side-by-side picture."""
-    from tadmcodec.metrics import evaluate
+    from tadmcodec.metrics.evaluation import Evaluator
 
     spec = registry.get(model) if model else registry.default_model(scale)
     ok, why = spec.availability()
@@ -116,8 +116,9 @@ def run_demo(
         (out / f"{name}.jpg").write_bytes(jpeg)
         Image.fromarray(ours).save(out / f"{name}.decoded.png")
         ours_label = f"{spec.name} x{scale}"
+        measure = Evaluator(px, metrics=DEMO_METRICS, device=device)  # the original's features once for both
         for method, label, n, test in (("ours", ours_label, len(data), ours), ("jpeg", f"JPEG q={q}", len(jpeg), jpeg_px)):
-            v = evaluate(px, test, metrics=DEMO_METRICS, device=device)
+            v = measure(test)
             rows.append(DemoRow(name, method, label, n, 8.0 * n / (w * h), v["psnr"], v["lpips_alex"], v["dists"]))
         r_ours, r_jpeg = rows[-2], rows[-1]
         panels.append((
