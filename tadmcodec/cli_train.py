@@ -112,7 +112,7 @@ def _stage0(config_path: str, stage: str, resume: bool, run_dir: str | None, max
         over["data"] = {"train_dir": train_dir}
     cfg = stage0.load_config(s0_path, over)
     rdir = Path(run_dir or Path("runs") / cfg["name"])
-    acc = stage0._accelerator(cpu)
+    acc = stage0._accelerator(cpu, bool(cfg.get("cpu_bf16", False)))
     rdir.mkdir(parents=True, exist_ok=True)
     fn = stage0.train_vae if sub == "vae" else stage0.train_unet
     acc.print(f"[{sub}] result: {fn(cfg, rdir, resume, acc)}")

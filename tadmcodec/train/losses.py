@@ -23,8 +23,14 @@ def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 2.0) -> torch.Ten
     """Mean SSIM (Gaussian 11×11, σ 1.5, per channel) of two (B, C, H, W) images.
 
     `data_range` is 2 for images in [-1, 1]. Valid-region filtering (no padding), as in
-    the reference implementation.
+    the reference implementation. Always computed in float32 with autocast off: in bf16 the
+    variances E[x²]−E[x]² cancel catastrophically and the ratio blows up to inf.
     """
+    with torch.autocast(a.device.type, enabled=False):
+        return _ssim_fp32(a.float(), b.float(), data_range)
+
+
+def _ssim_fp32(a: torch.Tensor, b: torch.Tensor, data_range: float) -> torch.Tensor:
     c = a.shape[1]
     win = _gaussian_window(device=a.device).expand(c, 1, -1, -1).to(a.dtype)
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2

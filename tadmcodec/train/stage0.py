@@ -46,6 +46,7 @@ from tadmcodec.train.data import PhotoCrops, load_rgb, to_model_range
 DEFAULTS: dict[str, Any] = {
     "name": "stage0",
     "seed": 0,
+    "cpu_bf16": False,  # bf16 autocast when training on a CPU (CUDA always uses it)
     "data": {"train_dir": "../shared/data/train", "limit": None},
     "checkpoint": {"every_steps": 1000, "every_minutes": 5.0, "keep": 2},
     "log_every": 50,
@@ -310,7 +311,12 @@ class _Trainer:
         return last
 
 
-def _accelerator(cpu: bool = False):
+def _accelerator(cpu: bool = False, cpu_bf16: bool = False):
+    """bf16 autocast on CUDA always; on a CPU only when asked (config key ``cpu_bf16``).
+
+    On a CPU with AVX512-BF16 a VAE step of batch 8×128² takes 0.63 s instead of 1.04 s in fp32
+    (ad-hoc timing on the 2-core dev VM); without such units bf16 is slower, hence opt-in.
+    """
     from accelerate import Accelerator
 
     use_cuda = torch.cuda.is_available() and not cpu
@@ -318,7 +324,8 @@ def _accelerator(cpu: bool = False):
         torch.backends.cudnn.benchmark = True  # fixed crop sizes: autotuning pays off at once
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    return Accelerator(cpu=not use_cuda, mixed_precision="bf16" if use_cuda else "no")
+    bf16 = use_cuda or cpu_bf16
+    return Accelerator(cpu=not use_cuda, mixed_precision="bf16" if bf16 else "no")
 
 
 def _dataset(cfg: dict[str, Any], crop: int) -> PhotoCrops:
@@ -555,7 +562,7 @@ def main(config_path, stage, resume, run_dir, out_dir, train_dir, vae_steps, une
             click.echo(f"mean\t{np.mean([v for _, v in scores]):.2f} dB")
             return
         if stage in ("all", "vae", "unet"):
-            acc = _accelerator(cpu)
+            acc = _accelerator(cpu, bool(cfg["cpu_bf16"]))
             rdir.mkdir(parents=True, exist_ok=True)
             if acc.is_main_process:
                 (rdir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
