@@ -105,7 +105,7 @@ def run_demo(
     photos = sample_photos(count, max_size)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[DemoRow] = []
-    panels: list[tuple[np.ndarray, str, np.ndarray, str, np.ndarray, str]] = []
+    panels: list[list[tuple[np.ndarray, str]]] = []
     for name, px in photos:
         h, w = px.shape[:2]
         data = codec.encode(px, model=spec.name, scale=scale)
@@ -121,33 +121,36 @@ def run_demo(
             v = measure(test)
             rows.append(DemoRow(name, method, label, n, 8.0 * n / (w * h), v["psnr"], v["lpips_alex"], v["dists"]))
         r_ours, r_jpeg = rows[-2], rows[-1]
-        panels.append((
-            px, f"{name} original {w}x{h}",
-            jpeg_px, f"JPEG q={q}: {r_jpeg.bpp:.3f} bpp, LPIPS {r_jpeg.lpips:.3f}",
-            ours, f"{ours_label}: {r_ours.bpp:.3f} bpp, LPIPS {r_ours.lpips:.3f}",
-        ))
+        panels.append([
+            (px, f"{name} original {w}x{h}"),
+            (jpeg_px, f"JPEG q={q}: {r_jpeg.bpp:.3f} bpp, LPIPS {r_jpeg.lpips:.3f}"),
+            (ours, f"{ours_label}: {r_ours.bpp:.3f} bpp, LPIPS {r_ours.lpips:.3f}"),
+        ])
     picture = out / "side_by_side.png"
     side_by_side(panels).save(picture)
     return rows, picture
 
 
-def side_by_side(panels: list[tuple]) -> Image.Image:
-    """One row per photo: original | JPEG | ours, each captioned underneath."""
+def side_by_side(rows: list[list[tuple[np.ndarray, str]]]) -> Image.Image:
+    """One row of captioned panels per entry of `rows` (the demo: original | JPEG | ours).
+
+    Captions may have several lines ("\\n"); each row is as tall as its tallest panel and caption.
+    """
     font = _font(14)
-    cap, gap = 24, 6
-    widths = [sum(p[i].shape[1] for i in (0, 2, 4)) + 4 * gap for p in panels]
-    heights = [p[0].shape[0] + cap + gap for p in panels]
+    gap = 6
+    widths = [sum(img.shape[1] for img, _ in row) + (len(row) + 1) * gap for row in rows]
+    caps = [8 + 16 * max(text.count("\n") + 1 for _, text in row) for row in rows]
+    heights = [max(img.shape[0] for img, _ in row) + cap + gap for row, cap in zip(rows, caps)]
     canvas = Image.new("RGB", (max(widths), sum(heights) + gap), "white")
     draw = ImageDraw.Draw(canvas)
     y = gap
-    for p in panels:
+    for row, height in zip(rows, heights):
         x = gap
-        for i in (0, 2, 4):
-            img, text = p[i], p[i + 1]
+        for img, text in row:
             canvas.paste(Image.fromarray(img), (x, y))
-            draw.text((x + 2, y + img.shape[0] + 4), text, fill="black", font=font)
+            draw.multiline_text((x + 2, y + img.shape[0] + 4), text, fill="black", font=font, spacing=2)
             x += img.shape[1] + gap
-        y += p[0].shape[0] + cap + gap
+        y += height
     return canvas
 
 

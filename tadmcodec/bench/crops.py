@@ -1,0 +1,148 @@
+"""Side-by-side crops at 100 %: the original, JPEG, AVIF and each model.
+
+Metrics and sizes are those of the whole image; the crop only shows a detailed region at its
+native pixels (no resampling), so that blur, ringing, tile seams, colour shifts and invented
+texture are visible as they are. The first model's file sets the budget:
+
+- JPEG gets the smallest file that is not smaller (JPEG never has the smaller budget; at
+  these rates even quality 1 is often larger);
+- AVIF, the best classic codec of the Urban100 benchmark at these rates, gets the largest file
+  that is not larger, pre-shrunk 1×, 2× or 4× (whichever has the lowest LPIPS-Alex): the
+  comparison of the quality bar, "no more bits than ours".
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from tadmcodec.bench import classic
+from tadmcodec.bench.demo import jpeg_not_smaller, side_by_side
+from tadmcodec.bench.settings import DEFAULT_AVIF_SPEED, Setting
+from tadmcodec.errors import InputError
+
+CROP_METRICS: tuple[str, ...] = ("psnr", "lpips_alex", "dists")
+
+
+@dataclass(frozen=True)
+class CropRow:
+    image: str
+    method: str  # "jpeg" | "avif" | a model name
+    label: str
+    n_bytes: int
+    bpp: float
+    psnr: float
+    lpips: float
+    dists: float
+
+
+def detail_window(image: np.ndarray, size: int) -> tuple[int, int]:
+    """(x, y) of the `size`×`size` window with the most gradient energy: where codecs differ.
+
+    Searched on a grid of stride size/4; ties go to the top-left-most window, so the choice is
+    deterministic.
+    """
+    h, w = image.shape[:2]
+    if size > min(h, w):
+        raise InputError(f"crop of {size} px does not fit a {w}x{h} image")
+    g = image.astype(np.float32).mean(axis=2)
+    energy = np.zeros_like(g)
+    energy[:, 1:] += np.abs(np.diff(g, axis=1))
+    energy[1:, :] += np.abs(np.diff(g, axis=0))
+    integral = np.pad(energy.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    stride = max(1, size // 4)
+    best, best_xy = -1.0, (0, 0)
+    for y in list(range(0, h - size + 1, stride)):
+        for x in list(range(0, w - size + 1, stride)):
+            s = integral[y + size, x + size] - integral[y, x + size] - integral[y + size, x] + integral[y, x]
+            if s > best:
+                best, best_xy = float(s), (x, y)
+    return best_xy
+
+
+def avif_not_larger(image: np.ndarray, n_bytes: int, shrink: int) -> tuple[Setting, classic.Coded] | None:
+    """The highest-quality AVIF (pre-shrunk `shrink`×) whose file is at most `n_bytes`; None if none fits.
+
+    Bisection on quality 0..100: AVIF size grows with quality (checked at the ends; a non-monotone
+    step only costs a slightly lower quality than the best that fits).
+    """
+    small = np.ascontiguousarray(classic.shrink(image, shrink))
+    h, w = image.shape[:2]
+
+    def setting(q: int) -> Setting:
+        return Setting("avif", q, shrink=shrink, option=DEFAULT_AVIF_SPEED)
+
+    if len(classic.encode(small, setting(0))) > n_bytes:
+        return None
+    lo, hi = 0, 100  # lo fits
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if len(classic.encode(small, setting(mid))) <= n_bytes:
+            lo = mid
+        else:
+            hi = mid - 1
+    data = classic.encode(small, setting(lo))
+    out = classic.enlarge(classic.decode(data, "avif"), w, h)
+    return setting(lo), classic.Coded(len(data), np.ascontiguousarray(out), 0.0, 0.0)
+
+
+def compare(name: str, image: np.ndarray, codec, models: list[tuple[str, int]],
+            crop: int, device: str = "cpu") -> tuple[list[CropRow], Image.Image]:
+    """Code `image` with JPEG, AVIF and each (model, scale); whole-image metrics rows and one crop strip.
+
+    Rows and panels go JPEG, AVIF (absent when even quality 0 exceeds the budget), then the models.
+    """
+    from tadmcodec.metrics.evaluation import Evaluator
+
+    if not models:
+        raise InputError("give at least one model")
+    h, w = image.shape[:2]
+    measure = Evaluator(image, metrics=CROP_METRICS, device=device)
+    coded: list[tuple[str, str, int, np.ndarray, dict[str, float]]] = []  # method, label, bytes, pixels, metrics
+    for model, scale in models:
+        data = codec.encode(image, model=model, scale=scale)
+        px = codec.decode(data).pixels
+        coded.append((model, f"{model} x{scale}", len(data), px, measure(px)))
+    budget = coded[0][2]
+    avifs = []
+    for k in (1, 2, 4):
+        found = avif_not_larger(image, budget, k)
+        if found is not None:
+            s, c = found
+            label = f"AVIF {k}x q={int(s.param)}" if k > 1 else f"AVIF q={int(s.param)}"
+            avifs.append(("avif", label, c.n_bytes, c.decoded, measure(c.decoded)))
+    if avifs:
+        coded.insert(0, min(avifs, key=lambda a: a[4]["lpips_alex"]))
+    q, jpeg = jpeg_not_smaller(image, budget)
+    jpeg_px = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"))
+    coded.insert(0, ("jpeg", f"JPEG q={q}", len(jpeg), jpeg_px, measure(jpeg_px)))
+    x, y = detail_window(image, crop)
+    rows = []
+    panels = [(image[y:y + crop, x:x + crop], f"{name} original\ncrop at ({x}, {y})")]
+    for method, label, n, px, v in coded:
+        row = CropRow(name, method, label, n, 8.0 * n / (w * h), v["psnr"], v["lpips_alex"], v["dists"])
+        rows.append(row)
+        panels.append((px[y:y + crop, x:x + crop],
+                       f"{label}\n{row.bpp:.4f} bpp, {row.psnr:.2f} dB\nLPIPS {row.lpips:.3f}, DISTS {row.dists:.3f}"))
+    return rows, side_by_side([panels])
+
+
+def markdown(rows: list[CropRow], pictures: dict[str, str]) -> str:
+    """Table of the whole-image figures, with a link to each image's crop strip."""
+    lines = ["| image | codec | bytes | bpp | PSNR (dB) | LPIPS-Alex | DISTS |", "|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r.image} | {r.label} | {r.n_bytes} | {r.bpp:.4f} | {r.psnr:.2f} | {r.lpips:.3f} | {r.dists:.3f} |")
+    lines.append("")
+    lines += [f"![{name}]({pic})" for name, pic in pictures.items()]
+    return "\n".join(lines) + "\n"
+
+
+def save_picture(picture: Image.Image, path: Path) -> None:
+    """PNG written next to its final name first, so an interrupted run leaves no half file."""
+    tmp = path.with_name(path.name + ".part")
+    picture.save(tmp, format="PNG", optimize=True)
+    tmp.replace(path)
