@@ -313,6 +313,24 @@ def test_networks_are_differentiable_losses(metric_weights: None) -> None:
         assert same.abs().max().item() < 1e-5
 
 
+def test_networks_under_bf16_autocast_stay_close_to_float32(metric_weights: None) -> None:
+    # Stage 2 runs the perceptual losses under bf16 autocast; the statistics must stay float32.
+    import torch
+
+    from tadmcodec.metrics import DISTS, LPIPS
+
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(2, 3, 64, 64, generator=gen)
+    y = (x + 0.05 * torch.randn(2, 3, 64, 64, generator=gen)).clamp(0, 1)
+    for net, lo, hi in ((LPIPS("alex"), -1, 1), (DISTS(), 0, 1)):
+        xs, ys = x * (hi - lo) + lo, y * (hi - lo) + lo
+        ref = net(xs, ys)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = net(xs, ys)
+        assert got.dtype == torch.float32 and torch.isfinite(got).all()
+        assert torch.allclose(got, ref, rtol=0.05, atol=0.01), (got, ref)
+
+
 def test_evaluate_all_metrics_and_network_cache(metric_weights: None) -> None:
     from tadmcodec.metrics import evaluate
     from tadmcodec.metrics.evaluation import network

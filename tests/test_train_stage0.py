@@ -111,3 +111,27 @@ def test_unet_stage_and_export(photos, tmp_path) -> None:
 def test_unet_stage_needs_a_vae(photos, tmp_path) -> None:
     with pytest.raises(stage0.TadmError, match="run stage vae first"):
         stage0.train_unet(_cfg(photos), tmp_path / "empty")
+
+
+@pytest.fixture()
+def fresh_accelerate_state():
+    """accelerate keeps one process-wide state; a bf16 one must not leak into later tests."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_cpu_bf16_trains_both_stages_with_finite_losses(photos, tmp_path, fresh_accelerate_state) -> None:
+    cfg = _cfg(photos, cpu_bf16=True)
+    acc = stage0._accelerator(cpu=True, cpu_bf16=cfg["cpu_bf16"])
+    assert acc.mixed_precision == "bf16"
+    run = tmp_path / "run"
+    vae = stage0.train_vae(cfg, run, accelerator=acc)
+    assert all(np.isfinite(vae[k]) for k in ("loss", "l1", "ssim", "kl")) and 0 < vae["ssim"] <= 1
+    assert np.isfinite(stage0.train_unet(cfg, run, accelerator=acc)["loss"])
+
+
+def test_cpu_bf16_is_opt_in(fresh_accelerate_state) -> None:
+    assert stage0._accelerator(cpu=True).mixed_precision == "no"

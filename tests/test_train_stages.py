@@ -100,8 +100,9 @@ def test_stage2_trains_only_lora_tpm_refiner(workspace, tmp_path):
     assert any(k.startswith("tpm.") for k in changed)
 
 
-def test_stage3_trains_dfrm_and_enhancement(workspace, tmp_path):
-    cfg = micro_cfg(workspace)
+@pytest.mark.parametrize("cpu_bf16", [False, True])
+def test_stage3_trains_dfrm_and_enhancement(workspace, tmp_path, cpu_bf16):
+    cfg = micro_cfg(workspace, cpu_bf16=cpu_bf16)
     model = S.build_training_model(cfg)
     before = _snapshot(model)
     result = S.train_stage("stage3", cfg, tmp_path, accelerator=_acc(), model=model, log=lambda m: None)
@@ -156,12 +157,13 @@ def test_export_round_trip(workspace, tmp_path):
         assert f.read_bytes() == (again / f.name).read_bytes(), f.name
 
 
-def test_perceptual_loss_when_weights_are_cached(workspace, tmp_path):
+@pytest.mark.parametrize("cpu_bf16", [False, True])
+def test_perceptual_loss_when_weights_are_cached(workspace, tmp_path, cpu_bf16):
     from tadmcodec.metrics.weights import weights_path
 
     if not all(weights_path(n).is_file() for n in ("lpips_alex", "lpips_vgg", "dists")):
         pytest.skip("LPIPS/DISTS weights not in the cache (python -m tadmcodec.metrics.weights)")
-    cfg = micro_cfg(workspace, stage2={"steps": 1, "lpips_weight": 1.0, "dists_weight": 1.0})
+    cfg = micro_cfg(workspace, cpu_bf16=cpu_bf16, stage2={"steps": 1, "lpips_weight": 1.0, "dists_weight": 1.0})
     result = S.train_stage("stage2", cfg, tmp_path, accelerator=_acc(), log=lambda m: None)
     assert 0 < result["lpips"] < 2 and 0 < result["dists"] < 1
 

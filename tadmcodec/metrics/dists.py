@@ -57,7 +57,15 @@ class DISTS(nn.Module):
         return self.distance(self.features(x), self.features(y))
 
     def distance(self, fx: list[torch.Tensor], fy: list[torch.Tensor]) -> torch.Tensor:
-        """DISTS from two images' `features`, shape (N,)."""
+        """DISTS from two images' `features`, shape (N,).
+
+        In float32 with autocast off, whatever precision the trunk ran in: the covariance
+        E[ab]−E[a]E[b] cancels catastrophically in bf16 (training runs the trunk under autocast).
+        """
+        with torch.autocast(fx[0].device.type, enabled=False):
+            return self._distance([f.float() for f in fx], [f.float() for f in fy])
+
+    def _distance(self, fx: list[torch.Tensor], fy: list[torch.Tensor]) -> torch.Tensor:
         x = fx[0]
         w_sum = self.alpha.sum() + self.beta.sum()
         alphas = torch.split(self.alpha / w_sum, list(DISTS_CHANNELS), dim=1)

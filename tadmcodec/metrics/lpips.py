@@ -64,10 +64,11 @@ class LPIPS(nn.Module):
         return [unit_normalise(f) for f in self.trunk((x - self.shift) / self.scale)]
 
     def distance(self, fx: list[torch.Tensor], fy: list[torch.Tensor]) -> torch.Tensor:
-        """LPIPS from two images' `features`, shape (N,)."""
-        total = fx[0].new_zeros(fx[0].shape[0])
-        for head, a, b in zip(self.heads, fx, fy):
-            total = total + F.conv2d((a - b) ** 2, head).mean(dim=(1, 2, 3))
+        """LPIPS from two images' `features`, shape (N,); float32 with autocast off, like DISTS."""
+        with torch.autocast(fx[0].device.type, enabled=False):
+            total = fx[0].new_zeros(fx[0].shape[0], dtype=torch.float32)
+            for head, a, b in zip(self.heads, fx, fy):
+                total = total + F.conv2d((a.float() - b.float()) ** 2, head.float()).mean(dim=(1, 2, 3))
         return total
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, normalize: bool = False) -> torch.Tensor:

@@ -17,7 +17,8 @@ crops (`PhotoCrops.batch(step, bs, rank, world)`) and gradients are averaged acr
 processes before each step (no DDP wrapper, because the losses call sub-modules of
 the model directly, which DDP would not see).
 
-Precision: on CUDA the VAE/UNet run under bf16 autocast; the DFRM always runs in
+Precision: on CUDA (and on a CPU with config key `cpu_bf16`) the VAE/UNet run under
+bf16 autocast; the DFRM always runs in
 float32 (the LR image is rounded from its output, and bf16 cannot represent the
 8-bit grid near +-1).
 """
@@ -57,6 +58,7 @@ STAGES = ("stage1", "stage2", "stage3")
 DEFAULTS: dict[str, Any] = {
     "name": "tadm",
     "seed": 0,
+    "cpu_bf16": False,  # bf16 autocast for the VAE/UNet when training on a CPU (needs AVX512-BF16 to pay)
     "scale": 16,
     # inline: a stage-0 backbone folder (backbone.json, vae/unet.safetensors);
     # diffusers: a local SD-2.1 folder + a safetensors holding the empty-prompt embedding.
@@ -359,9 +361,10 @@ def _accelerator(cpu: bool):
     return Accelerator(cpu=not use_cuda, mixed_precision="no")
 
 
-def _autocast_for(device: torch.device) -> Callable:
-    if device.type == "cuda":
-        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+def _autocast_for(device: torch.device, cpu_bf16: bool = False) -> Callable:
+    """bf16 autocast for the VAE/UNet (and perceptual trunks): always on CUDA, on a CPU if asked."""
+    if device.type == "cuda" or (device.type == "cpu" and cpu_bf16):
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext
 
 
@@ -512,7 +515,7 @@ def train_stage(stage: str, cfg: dict[str, Any], run_dir: Path, resume: bool = F
                          f"{cfg['data']['val_count']} held out for validation")
     data = PhotoCrops(cfg["data"]["train_dir"], crop=scfg["crop"], seed=cfg["seed"] + STAGES.index(stage),
                       limit=n_train)
-    autocast = _autocast_for(device)
+    autocast = _autocast_for(device, bool(cfg["cpu_bf16"]))
     runner = StageRunner(stage, cfg, run_dir, model, acc, resume, log)
     perceptual = None
     if stage in ("stage2", "stage3") and (scfg["lpips_weight"] or scfg["dists_weight"]):
