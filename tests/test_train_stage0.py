@@ -135,3 +135,22 @@ def test_cpu_bf16_trains_both_stages_with_finite_losses(photos, tmp_path, fresh_
 
 def test_cpu_bf16_is_opt_in(fresh_accelerate_state) -> None:
     assert stage0._accelerator(cpu=True).mixed_precision == "no"
+
+
+def test_eval_uses_the_vae_checkpoint_before_an_export_exists(photos, tmp_path) -> None:
+    from click.testing import CliRunner
+
+    cfg_file = tmp_path / "cfg.json"
+    cfg_file.write_text(json.dumps({**TINY, "data": {"train_dir": str(photos)}}))
+    run = tmp_path / "run"
+    args = ["--config", str(cfg_file), "--run-dir", str(run), "--stage", "eval", "--images", str(photos),
+            "--limit", "2"]
+    r = CliRunner().invoke(stage0.main, args)
+    assert r.exit_code != 0 and "nothing to evaluate" in r.output and "Traceback" not in r.output
+    stage0.train_vae(_cfg(photos), run)
+    r = CliRunner().invoke(stage0.main, args)
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.strip().splitlines()
+    assert [ln.split("\t")[0] for ln in lines] == ["p0.png", "p1.png", "mean"]
+    assert all(0 < float(ln.split("\t")[1].split()[0]) < 60 for ln in lines)
+    assert "VAE EMA at step 2" in r.stderr

@@ -502,19 +502,39 @@ def export(run_dir: Path, out_dir: Path, dtype: torch.dtype = torch.float16) -> 
                             dtype=dtype, extra=info)
 
 
+def round_trip_model(run_dir: Path, export_dir: Path) -> tuple[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """(what it is, image -> VAE encode -> decode) from the export, else the latest VAE checkpoint's EMA.
+
+    The checkpoint route lets the round trip be checked while stage 0a is still running, before
+    there is a UNet to export with it.
+    """
+    if (export_dir / bb.BACKBONE_JSON).is_file():
+        b = bb.load_backbone(export_dir)
+        return f"export {export_dir}", lambda x: b.decode(b.encode(x))
+    ck = latest_checkpoint(run_dir / "vae")
+    if ck is None:
+        raise InputError(f"nothing to evaluate: no {export_dir / bb.BACKBONE_JSON} and no VAE checkpoint "
+                         f"in {run_dir / 'vae'}")
+    state = _load(ck)
+    vae = bb.build_vae({**bb.tiny_vae_config(), **state["config"]["vae"]["model"]})
+    vae.load_state_dict(state["ema"])
+    vae.eval()
+    return f"VAE EMA at step {int(state['step'])} ({ck})", lambda x: vae.decode(vae.encode(x).latent_dist.mode()).sample
+
+
 @torch.no_grad()
-def reconstruction_psnr(folder: Path, paths: list[Path], device: str = "cpu") -> list[tuple[str, float]]:
-    """PSNR (RGB, 8-bit) of VAE encode→decode for each photo (padded to ×8 by reflection, then cropped)."""
+def reconstruction_psnr(round_trip: Callable[[torch.Tensor], torch.Tensor],
+                        paths: list[Path]) -> list[tuple[str, float]]:
+    """PSNR (RGB, 8-bit) of `round_trip` for each photo (padded to ×8 by reflection, then cropped)."""
     from tadmcodec.rescaler import pad_to_multiple
 
-    b = bb.load_backbone(folder, device=device)
     out = []
     for p in paths:
         img = load_rgb(p)
         h, w = img.shape[:2]
-        x = to_model_range(torch.from_numpy(np.array(pad_to_multiple(img, 8))).permute(2, 0, 1)[None]).to(device)
-        rec = b.decode(b.encode(x))[..., :h, :w]
-        rec8 = ((rec.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()[0].permute(1, 2, 0).numpy()
+        x = to_model_range(torch.from_numpy(np.array(pad_to_multiple(img, 8))).permute(2, 0, 1)[None])
+        rec = round_trip(x)[..., :h, :w]
+        rec8 = ((rec.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)[0].permute(1, 2, 0).numpy()
         mse = np.mean((rec8.astype(np.float64) - img.astype(np.float64)) ** 2)
         out.append((p.name, 10 * math.log10(255**2 / mse)))
     return out
@@ -556,7 +576,9 @@ def main(config_path, stage, resume, run_dir, out_dir, train_dir, vae_steps, une
         if stage == "eval":
             if not images:
                 raise InputError("--stage eval needs --images FOLDER")
-            scores = reconstruction_psnr(odir, list_photos_for_eval(Path(images))[:limit])
+            what, fn = round_trip_model(rdir, odir)
+            click.echo(f"round trip of {what}", err=True)
+            scores = reconstruction_psnr(fn, list_photos_for_eval(Path(images))[:limit])
             for name, value in scores:
                 click.echo(f"{name}\t{value:.2f} dB")
             click.echo(f"mean\t{np.mean([v for _, v in scores]):.2f} dB")
