@@ -154,3 +154,17 @@ def test_eval_uses_the_vae_checkpoint_before_an_export_exists(photos, tmp_path) 
     assert [ln.split("\t")[0] for ln in lines] == ["p0.png", "p1.png", "mean"]
     assert all(0 < float(ln.split("\t")[1].split()[0]) < 60 for ln in lines)
     assert "VAE EMA at step 2" in r.stderr
+
+
+def test_vae_lpips_loss_when_weights_are_cached(photos, tmp_path) -> None:
+    from tadmcodec.metrics.weights import weights_path
+
+    if not weights_path("lpips_alex").is_file():
+        pytest.skip("LPIPS weights not in the cache (python -m tadmcodec.metrics.weights)")
+    cfg = _cfg(photos, vae={**TINY["vae"], "loss": {"lpips": 0.5}})
+    result = stage0.train_vae(cfg, tmp_path / "run")
+    assert 0 < result["lpips"] < 2
+    plain = stage0.train_vae(_cfg(photos), tmp_path / "run2")
+    assert "lpips" not in plain  # off by default
+    # the LPIPS term is part of the loss: same crops and start, different total
+    assert result["loss"] != pytest.approx(plain["loss"])

@@ -61,7 +61,8 @@ DEFAULTS: dict[str, Any] = {
         "weight_decay": 0.0,
         "grad_clip": 1.0,
         "ema_decay": 0.999,
-        "loss": {"l1": 1.0, "ssim": 0.25, "gradient": 0.5, "kl": 1e-6},
+        # lpips: LPIPS-Alex weight (0 = off); needs the metric weights in the cache
+        "loss": {"l1": 1.0, "ssim": 0.25, "gradient": 0.5, "kl": 1e-6, "lpips": 0.0},
         "scaling_samples": 512,
     },
     "unet": {
@@ -352,6 +353,11 @@ def train_vae(cfg: dict[str, Any], run_dir: Path, resume: bool = False, accelera
     start_nearly_deterministic(vae)
     tr = _Trainer("vae", cfg, run_dir, acc, vae, resume)
     w = scfg["loss"]
+    perceptual = None
+    if w.get("lpips"):
+        from tadmcodec.metrics import LPIPS
+
+        perceptual = LPIPS(net="alex").to(acc.device).eval().requires_grad_(False)
 
     def loss_fn(model, step):
         x = _device_batch(data, step, scfg["batch_size"], acc)
@@ -364,7 +370,12 @@ def train_vae(cfg: dict[str, Any], run_dir: Path, resume: bool = False, accelera
         gr = losses.gradient_loss(rec, x)
         kl = posterior.kl().float().mean() / x[0].numel()
         loss = w["l1"] * l1 + w["ssim"] * (1 - ss) + w["gradient"] * gr + w["kl"] * kl
-        return loss, {"loss": loss.item(), "l1": l1.item(), "ssim": ss.item(), "kl": kl.item()}
+        parts = {"l1": l1.item(), "ssim": ss.item(), "kl": kl.item()}
+        if perceptual is not None:
+            lp = perceptual(rec, x).float().mean()
+            loss = loss + w["lpips"] * lp
+            parts["lpips"] = lp.item()
+        return loss, {"loss": loss.item(), **parts}
 
     result = tr.run(loss_fn, scfg["steps"], scfg["max_minutes"])
     if acc.is_main_process:
