@@ -240,6 +240,42 @@ def test_cache_dir_resolution(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     assert W.weights_path("dists") == tmp_path / "own" / "metrics" / "dists.safetensors"
 
 
+def test_half_precision_carry_round_trip(metric_weights: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import torch
+
+    from tadmcodec.metrics import DISTS, LPIPS
+
+    packed = W.pack_half(tmp_path / "carry")
+    full = sum(W.weights_path(n).stat().st_size for n in W.WEIGHT_FILES)
+    assert sum(p.stat().st_size for p in packed) < 0.55 * full
+    gen = torch.Generator().manual_seed(2)
+    x = torch.rand(1, 3, 64, 64, generator=gen)
+    y = (x + 0.1 * torch.randn(1, 3, 64, 64, generator=gen)).clamp(0, 1)
+    ref = [LPIPS("vgg")(2 * x - 1, 2 * y - 1).item(), DISTS()(x, y).item()]
+    plain = _plain_copy(tmp_path)
+    monkeypatch.setenv("TADMCODEC_CACHE", str(tmp_path / "lent-machine"))
+    monkeypatch.setenv("TADMCODEC_NO_FETCH", "1")
+    with pytest.raises(W.TadmError, match="not a --pack-half file"):
+        W.unpack_half(plain)
+    with pytest.raises(W.TadmError, match="is missing"):
+        W.unpack_half(tmp_path / "nothing-here")
+    restored = W.unpack_half(tmp_path / "carry")
+    assert all(p.is_relative_to(tmp_path / "lent-machine") for p in restored)
+    got = [LPIPS("vgg")(2 * x - 1, 2 * y - 1).item(), DISTS()(x, y).item()]
+    assert got != ref and got == pytest.approx(ref, abs=1e-3)
+
+
+def _plain_copy(tmp_path: Path) -> Path:
+    """A folder with the cache's float32 files: not packed, so unpack must refuse it."""
+    import shutil
+
+    d = tmp_path / "plain"
+    d.mkdir()
+    for n in W.WEIGHT_FILES:
+        shutil.copy(W.weights_path(n), d)
+    return d
+
+
 def test_missing_weights_without_fetching_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("TADMCODEC_CACHE", str(tmp_path))
     monkeypatch.setenv("TADMCODEC_NO_FETCH", "1")

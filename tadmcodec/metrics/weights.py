@@ -282,17 +282,71 @@ def ensure(name: str) -> Path:
     return path
 
 
+def pack_half(dest: Path) -> list[Path]:
+    """float16 copies of the cached files in `dest`: half the bytes, to carry to an offline machine.
+
+    A lent GPU takes at most 64 MiB per call, which the float32 VGG trunk (59 MB) alone nearly
+    fills; `unpack_half` there restores float32 files that the cache accepts. The rounding moves
+    LPIPS/DISTS values by less than 1e-3 (tested), fine for training losses.
+    """
+    from safetensors.numpy import load_file
+
+    out = []
+    for name in WEIGHT_FILES:
+        src = ensure(name)
+        tensors = {k: (v.astype(np.float16) if v.dtype == np.float32 else v) for k, v in load_file(str(src)).items()}
+        meta = _metadata(src)
+        meta["carried_as"] = "float16"
+        out.append(dest / src.name)
+        _write_atomically(out[-1], tensors, meta)
+    return out
+
+
+def unpack_half(src: Path) -> list[Path]:
+    """Float32 cache files from the `pack_half` copies in `src` (what the lent machine runs)."""
+    from safetensors.numpy import load_file
+
+    out = []
+    for name in WEIGHT_FILES:
+        packed = src / f"{name}.safetensors"
+        if not packed.is_file():
+            raise TadmError(f"{packed} is missing: make the folder with --pack-half")
+        meta = _metadata(packed)
+        if meta.get("carried_as") != "float16" or meta.get("format_version") != FORMAT_VERSION:
+            raise TadmError(f"{packed} is not a --pack-half file of format {FORMAT_VERSION}")
+        tensors = {k: (v.astype(np.float32) if v.dtype == np.float16 else v) for k, v in load_file(str(packed)).items()}
+        meta["carried_as"] = "float16, restored to float32"
+        _write_atomically(weights_path(name), tensors, meta)
+        out.append(weights_path(name))
+    return out
+
+
+def _metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        return dict(f.metadata() or {})
+
+
 def main(argv: list[str] | None = None) -> int:
-    """CLI: `python -m tadmcodec.metrics.weights [--from DIR] [--force]`."""
+    """CLI: `python -m tadmcodec.metrics.weights [--from DIR] [--force] [--pack-half DIR | --unpack-half DIR]`."""
     parser = argparse.ArgumentParser(
         prog="python -m tadmcodec.metrics.weights",
         description="Fetch and convert the LPIPS/DISTS weights into the tadmcodec cache.",
     )
     parser.add_argument("--from", dest="source_dir", type=Path, help="folder already holding the archives (offline)")
     parser.add_argument("--force", action="store_true", help="convert again even if the cache is current")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--pack-half", type=Path, metavar="DIR", help="write float16 copies of the cache to DIR")
+    group.add_argument("--unpack-half", type=Path, metavar="DIR", help="fill the cache from --pack-half copies in DIR")
     args = parser.parse_args(argv)
     try:
-        paths = fetch_all(args.source_dir, force=args.force, log=lambda msg: print(msg, file=sys.stderr))
+        if args.unpack_half:
+            paths = unpack_half(args.unpack_half)
+        else:
+            paths = fetch_all(args.source_dir, force=args.force, log=lambda msg: print(msg, file=sys.stderr))
+            if args.pack_half:
+                paths = pack_half(args.pack_half)
     except TadmError as err:
         print(f"tadm: {err}", file=sys.stderr)
         return err.exit_code
