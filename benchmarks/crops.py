@@ -41,31 +41,21 @@ def main(argv: list[str] | None = None) -> int:
     from tadmcodec import registry
     from tadmcodec.bench import crops
     from tadmcodec.bench.runner import read_image, torch_threads
+    from tadmcodec.bench.script_args import models_and_dirs, named_photos
     from tadmcodec.codec import Codec
     from tadmcodec.errors import TadmError
 
     try:
-        models, dirs = [], {}
-        for item in args.model or [registry.default_model(args.scale).name, "bicubic"]:
-            name, _, folder = item.partition("=")
-            registry.get(name)  # one-line error for an unknown id
-            if folder:
-                dirs[name] = Path(folder)
-            if name not in [m for m, _ in models]:
-                models.append((name, args.scale))
-        if not args.images.is_dir():
-            raise TadmError(f"{args.images} is not a folder (the Urban100 photos live in ../shared/data/urban100)")
-        files = {p.stem: p for p in args.images.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg")}
-        missing = [n for n in args.names if n not in files]
-        if missing:
-            raise TadmError(f"no photo named {', '.join(missing)} in {args.images}")
+        names, dirs = models_and_dirs(args.model or [registry.default_model(args.scale).name, "bicubic"])
+        models = [(n, args.scale) for n in names]
+        photos = named_photos(args.images, args.names)
         codec = Codec(device="cpu", model_dirs=dirs)
         args.out.mkdir(parents=True, exist_ok=True)
         rows, pictures = [], {}
         with torch_threads(args.threads):
-            for name in args.names:
+            for name, path in photos:
                 print(f"{name} ...", file=sys.stderr, flush=True)
-                got, picture = crops.compare(name, read_image(str(files[name])), codec, models, args.crop)
+                got, picture = crops.compare(name, read_image(str(path)), codec, models, args.crop)
                 crops.save_picture(picture, args.out / f"{name}.png")
                 rows += got
                 pictures[name] = f"{name}.png"

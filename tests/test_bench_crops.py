@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tadmcodec.bench import crops
+from tadmcodec.bench import classic, crops
 from tadmcodec.bench.demo import side_by_side
 from tadmcodec.codec import Codec
 from tadmcodec.errors import InputError
@@ -67,16 +67,19 @@ def test_compare_gives_jpeg_no_fewer_bytes_and_crops_at_native_size(tmp_path) ->
     assert np.array_equal(panel, img[24:72, 36:84])
 
 
-def test_avif_not_larger_is_the_highest_quality_within_the_budget() -> None:
+@pytest.mark.parametrize("family", ["jpeg", "webp", "avif", "jxl"])
+def test_best_within_is_the_highest_rate_that_fits(family) -> None:
     img = smooth_with_texture(128, 96, (16, 16, 64))
-    s, coded = crops.avif_not_larger(img, 1500, 2)
-    assert s.family == "avif" and s.shrink == 2 and coded.n_bytes <= 1500
+    budget = 1500
+    s, coded = classic.best_within(img, budget, family, 2)
+    assert s.family == family and s.shrink == 2 and coded.n_bytes <= budget
     assert coded.decoded.shape == img.shape
-    q = int(s.param)
-    if q < 100:  # one step up no longer fits
-        bigger = crops.Setting("avif", q + 1, shrink=2, option=s.option)
-        assert len(crops.classic.encode(crops.classic.shrink(img, 2), bigger)) > 1500
-    assert crops.avif_not_larger(img, 10, 1) is None
+    ladder = classic.RATE_LADDERS[family]
+    i = ladder.index(s.param)
+    if i + 1 < len(ladder):  # one step up the ladder no longer fits
+        up = classic.Setting(family, ladder[i + 1], shrink=2, option=s.option)
+        assert len(classic.encode(np.ascontiguousarray(classic.shrink(img, 2)), up)) > budget
+    assert classic.best_within(img, 10, family, 1) is None
 
 
 def test_script_end_to_end_and_errors(tmp_path) -> None:

@@ -23,7 +23,7 @@ import imagecodecs
 import numpy as np
 from PIL import Image
 
-from tadmcodec.bench.settings import WEBP_METHOD, Setting
+from tadmcodec.bench.settings import DEFAULT_AVIF_SPEED, DEFAULT_JXL_EFFORT, WEBP_METHOD, Setting
 from tadmcodec.errors import TadmError
 
 
@@ -99,3 +99,46 @@ def code(image: np.ndarray, s: Setting) -> Coded:
     out = enlarge(decode(data, s.family), w, h)
     t2 = time.perf_counter()
     return Coded(n_bytes=len(data), decoded=np.ascontiguousarray(out), encode_s=t1 - t0, decode_s=t2 - t1)
+
+
+RATE_LADDERS: dict[str, tuple[float, ...]] = {
+    "jpeg": tuple(range(1, 96)),
+    "webp": tuple(range(0, 101)),
+    "avif": tuple(range(0, 101)),
+    "jxl": (25.0, 20.0, 16.0, 13.0, 11.0, 9.0, 8.0, 7.0, 6.0, 5.0, 4.5, 4.0, 3.5, 3.0, 2.5, 2.0, 1.5, 1.0, 0.5),
+}
+"""Each codec's parameter values from the lowest rate to the highest (JPEG XL: distance falls)."""
+
+
+def best_within(image: np.ndarray, n_bytes: int, family: str, factor: int) -> tuple[Setting, Coded] | None:
+    """The highest-rate setting of `family` (pre-shrunk `factor`x) whose file has at most `n_bytes`.
+
+    None when even the lowest rate is larger. Bisection along RATE_LADDERS: sizes grow with rate
+    almost everywhere; where they do not, the answer may be a step below the best that fits, never
+    over the budget. AVIF and JPEG XL use the benchmark's default speed/effort.
+    """
+    if family not in RATE_LADDERS:
+        raise TadmError(f"not a classic codec: {family}")
+    ladder = RATE_LADDERS[family]
+    option = {"avif": DEFAULT_AVIF_SPEED, "jxl": DEFAULT_JXL_EFFORT}.get(family, 0)
+    small = np.ascontiguousarray(shrink(image, factor))
+    files: dict[int, bytes] = {}
+
+    def data(i: int) -> bytes:
+        if i not in files:
+            files[i] = encode(small, Setting(family, ladder[i], shrink=factor, option=option))
+        return files[i]
+
+    if len(data(0)) > n_bytes:
+        return None
+    lo, hi = 0, len(ladder) - 1  # ladder[lo] fits
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if len(data(mid)) <= n_bytes:
+            lo = mid
+        else:
+            hi = mid - 1
+    h, w = image.shape[:2]
+    out = enlarge(decode(data(lo), family), w, h)
+    s = Setting(family, ladder[lo], shrink=factor, option=option)
+    return s, Coded(len(data(lo)), np.ascontiguousarray(out), 0.0, 0.0)

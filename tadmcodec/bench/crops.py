@@ -22,7 +22,6 @@ from PIL import Image
 
 from tadmcodec.bench import classic
 from tadmcodec.bench.demo import jpeg_not_smaller, side_by_side
-from tadmcodec.bench.settings import DEFAULT_AVIF_SPEED, Setting
 from tadmcodec.errors import InputError
 
 CROP_METRICS: tuple[str, ...] = ("psnr", "lpips_alex", "dists")
@@ -64,32 +63,6 @@ def detail_window(image: np.ndarray, size: int) -> tuple[int, int]:
     return best_xy
 
 
-def avif_not_larger(image: np.ndarray, n_bytes: int, shrink: int) -> tuple[Setting, classic.Coded] | None:
-    """The highest-quality AVIF (pre-shrunk `shrink`×) whose file is at most `n_bytes`; None if none fits.
-
-    Bisection on quality 0..100: AVIF size grows with quality (checked at the ends; a non-monotone
-    step only costs a slightly lower quality than the best that fits).
-    """
-    small = np.ascontiguousarray(classic.shrink(image, shrink))
-    h, w = image.shape[:2]
-
-    def setting(q: int) -> Setting:
-        return Setting("avif", q, shrink=shrink, option=DEFAULT_AVIF_SPEED)
-
-    if len(classic.encode(small, setting(0))) > n_bytes:
-        return None
-    lo, hi = 0, 100  # lo fits
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if len(classic.encode(small, setting(mid))) <= n_bytes:
-            lo = mid
-        else:
-            hi = mid - 1
-    data = classic.encode(small, setting(lo))
-    out = classic.enlarge(classic.decode(data, "avif"), w, h)
-    return setting(lo), classic.Coded(len(data), np.ascontiguousarray(out), 0.0, 0.0)
-
-
 def compare(name: str, image: np.ndarray, codec, models: list[tuple[str, int]],
             crop: int, device: str = "cpu") -> tuple[list[CropRow], Image.Image]:
     """Code `image` with JPEG, AVIF and each (model, scale); whole-image metrics rows and one crop strip.
@@ -110,7 +83,7 @@ def compare(name: str, image: np.ndarray, codec, models: list[tuple[str, int]],
     budget = coded[0][2]
     avifs = []
     for k in (1, 2, 4):
-        found = avif_not_larger(image, budget, k)
+        found = classic.best_within(image, budget, "avif", k)
         if found is not None:
             s, c = found
             label = f"AVIF {k}x q={int(s.param)}" if k > 1 else f"AVIF q={int(s.param)}"

@@ -1,0 +1,158 @@
+"""The quality bar a learned model must clear before it ships (issue #6), checked per image.
+
+For one image and one model at one scale:
+
+- the model's file sets the budget (its bytes);
+- every classic codec (JPEG, WebP, AVIF, JPEG XL), on the image as is and pre-shrunk 2×/4×,
+  gets its highest-rate setting whose file is at most that budget (`classic.best_within`), so
+  the comparison is exact per image rather than against a fixed grid;
+- the `bicubic` rescaler codes the image at the same scale.
+
+The model passes on an image when its LPIPS-Alex and its DISTS are each at least as good as the
+best any of those classic files reaches, both are better than bicubic's, and its PSNR is at
+least 0.5 dB above bicubic's. The same five comparisons are made on the means over the images
+(classic side: the mean of each image's best). LPIPS-VGG is reported, not judged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from tadmcodec.bench import classic
+from tadmcodec.bench.settings import CLASSIC_CODECS, SHRINKS
+from tadmcodec.errors import InputError
+
+BAR_METRICS: tuple[str, ...] = ("psnr", "lpips_alex", "lpips_vgg", "dists")
+PSNR_MARGIN_DB = 0.5
+CRITERIA: tuple[str, ...] = ("lpips_vs_classic", "dists_vs_classic", "lpips_vs_bicubic", "dists_vs_bicubic",
+                             "psnr_vs_bicubic")
+
+
+@dataclass
+class Coded:
+    label: str
+    n_bytes: int
+    bpp: float
+    metrics: dict[str, float]
+
+
+@dataclass
+class ImageCheck:
+    image: str
+    ours: Coded
+    bicubic: Coded
+    classic: list[Coded] = field(default_factory=list)  # one per codec × shrink that fits the budget
+
+    def best(self, metric: str) -> Coded | None:
+        """The classic file with the lowest `metric` (LPIPS/DISTS: lower is better)."""
+        return min(self.classic, key=lambda c: c.metrics[metric], default=None)
+
+    def verdict(self) -> dict[str, bool]:
+        return judge(self.ours.metrics, self.bicubic.metrics,
+                     {m: (b.metrics[m] if (b := self.best(m)) else None) for m in ("lpips_alex", "dists")})
+
+
+def judge(ours: dict[str, float], bicubic: dict[str, float], best_classic: dict[str, float | None]) -> dict[str, bool]:
+    """The five criteria. No classic file within the budget counts as beaten."""
+    def at_most(value: float, bound: float | None) -> bool:
+        return bound is None or value <= bound
+
+    return {
+        "lpips_vs_classic": at_most(ours["lpips_alex"], best_classic["lpips_alex"]),
+        "dists_vs_classic": at_most(ours["dists"], best_classic["dists"]),
+        "lpips_vs_bicubic": ours["lpips_alex"] < bicubic["lpips_alex"],
+        "dists_vs_bicubic": ours["dists"] < bicubic["dists"],
+        "psnr_vs_bicubic": ours["psnr"] >= bicubic["psnr"] + PSNR_MARGIN_DB,
+    }
+
+
+def check_image(name: str, image: np.ndarray, codec, model: str, scale: int,
+                families: tuple[str, ...] = CLASSIC_CODECS, shrinks: tuple[int, ...] = SHRINKS,
+                device: str = "cpu") -> ImageCheck:
+    """Code `image` with the model, bicubic and every classic codec within the model's bytes; measure all."""
+    from tadmcodec.metrics.evaluation import Evaluator
+
+    if model == "bicubic":
+        raise InputError("the bar compares a learned model with bicubic: give another model")
+    h, w = image.shape[:2]
+    measure = Evaluator(image, metrics=BAR_METRICS, device=device)
+
+    def coded(label: str, n: int, px: np.ndarray) -> Coded:
+        return Coded(label, n, 8.0 * n / (w * h), measure(px))
+
+    data = codec.encode(image, model=model, scale=scale)
+    ours = coded(f"{model} x{scale}", len(data), codec.decode(data).pixels)
+    data_b = codec.encode(image, model="bicubic", scale=scale)
+    check = ImageCheck(name, ours, coded(f"bicubic x{scale}", len(data_b), codec.decode(data_b).pixels))
+    for family in families:
+        for k in shrinks:
+            found = classic.best_within(image, len(data), family, k)
+            if found is not None:
+                s, c = found
+                check.classic.append(coded(s.label, c.n_bytes, c.decoded))
+    return check
+
+
+def summary(checks: list[ImageCheck]) -> dict:
+    """Per-criterion image counts, the means and the verdict on the means; `passes` = all of it."""
+    if not checks:
+        raise InputError("no images checked")
+    per_image = [c.verdict() for c in checks]
+    counts = {k: sum(v[k] for v in per_image) for k in CRITERIA}
+
+    def mean(values: list[float]) -> float:
+        return float(np.mean(values))
+
+    ours = {m: mean([c.ours.metrics[m] for c in checks]) for m in BAR_METRICS}
+    bicubic = {m: mean([c.bicubic.metrics[m] for c in checks]) for m in BAR_METRICS}
+    best = {}
+    for m in ("lpips_alex", "dists"):
+        # an image with no classic file in budget contributes its own value: it cannot fail there
+        best[m] = mean([b.metrics[m] if (b := c.best(m)) else c.ours.metrics[m] for c in checks])
+    on_means = judge(ours, bicubic, best)
+    return {
+        "images": len(checks),
+        "bpp": mean([c.ours.bpp for c in checks]),
+        "bicubic_bpp": mean([c.bicubic.bpp for c in checks]),
+        "mean": {"ours": ours, "bicubic": bicubic, "best_classic": best},
+        "images_passing": counts,
+        "means_pass": on_means,
+        "passes": all(on_means.values()) and all(n == len(checks) for n in counts.values()),
+    }
+
+
+def to_json(checks: list[ImageCheck]) -> dict:
+    return {"summary": summary(checks),
+            "images": [{**asdict(c), "verdict": c.verdict(),
+                        "best_classic": {m: asdict(b) if (b := c.best(m)) else None for m in ("lpips_alex", "dists")}}
+                       for c in checks]}
+
+
+def markdown(checks: list[ImageCheck], title: str) -> str:
+    """Per-image table (ours, bicubic, best classic per metric) and the verdicts."""
+    s = summary(checks)
+    yes = {True: "yes", False: "**no**"}
+    lines = [f"# {title}", "",
+             f"{s['images']} images; mean {s['bpp']:.4f} bpp (bicubic {s['bicubic_bpp']:.4f}). "
+             f"**Bar {'met' if s['passes'] else 'not met'}.**", "",
+             "| criterion | images passing | on the means |", "|---|---:|---|"]
+    for k in CRITERIA:
+        lines.append(f"| {k} | {s['images_passing'][k]}/{s['images']} | {yes[s['means_pass'][k]]} |")
+    m = s["mean"]
+    lines += ["", "| means | PSNR | LPIPS-Alex | LPIPS-VGG | DISTS |", "|---|---:|---:|---:|---:|",
+              "| ours | {psnr:.2f} | {lpips_alex:.4f} | {lpips_vgg:.4f} | {dists:.4f} |".format(**m["ours"]),
+              "| bicubic | {psnr:.2f} | {lpips_alex:.4f} | {lpips_vgg:.4f} | {dists:.4f} |".format(**m["bicubic"]),
+              f"| best classic within budget | | {m['best_classic']['lpips_alex']:.4f} | | {m['best_classic']['dists']:.4f} |",
+              "", "| image | bpp | PSNR ours / bicubic | LPIPS-Alex ours / bicubic / best classic | "
+              "DISTS ours / bicubic / best classic | passes |", "|---|---:|---|---|---|---|"]
+    for c in checks:
+        bl, bd = c.best("lpips_alex"), c.best("dists")
+        fl = f"{bl.metrics['lpips_alex']:.3f} ({bl.label})" if bl else "none in budget"
+        fd = f"{bd.metrics['dists']:.3f} ({bd.label})" if bd else "none in budget"
+        o, b = c.ours.metrics, c.bicubic.metrics
+        lines.append(f"| {c.image} | {c.ours.bpp:.4f} | {o['psnr']:.2f} / {b['psnr']:.2f} | "
+                     f"{o['lpips_alex']:.3f} / {b['lpips_alex']:.3f} / {fl} | "
+                     f"{o['dists']:.3f} / {b['dists']:.3f} / {fd} | {yes[all(c.verdict().values())]} |")
+    return "\n".join(lines) + "\n"
