@@ -48,15 +48,15 @@ def detail_window(image: np.ndarray, size: int) -> tuple[int, int]:
     h, w = image.shape[:2]
     if size > min(h, w):
         raise InputError(f"crop of {size} px does not fit a {w}x{h} image")
-    g = image.astype(np.float32).mean(axis=2)
+    g = image.astype(np.float64).mean(axis=2)  # float64: the integral image of a large photo is big
     energy = np.zeros_like(g)
     energy[:, 1:] += np.abs(np.diff(g, axis=1))
     energy[1:, :] += np.abs(np.diff(g, axis=0))
     integral = np.pad(energy.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
     stride = max(1, size // 4)
     best, best_xy = -1.0, (0, 0)
-    for y in list(range(0, h - size + 1, stride)):
-        for x in list(range(0, w - size + 1, stride)):
+    for y in range(0, h - size + 1, stride):
+        for x in range(0, w - size + 1, stride):
             s = integral[y + size, x + size] - integral[y, x + size] - integral[y + size, x] + integral[y, x]
             if s > best:
                 best, best_xy = float(s), (x, y)
