@@ -14,29 +14,20 @@ texture are visible as they are. The first model's file sets the budget:
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from tadmcodec.bench import classic
-from tadmcodec.bench.demo import jpeg_not_smaller, side_by_side
+from tadmcodec.bench.demo import DemoRow, jpeg_not_smaller, side_by_side
 from tadmcodec.errors import InputError
 
 CROP_METRICS: tuple[str, ...] = ("psnr", "lpips_alex", "dists")
 
-
-@dataclass(frozen=True)
-class CropRow:
-    image: str
-    method: str  # "jpeg" | "avif" | a model name
-    label: str
-    n_bytes: int
-    bpp: float
-    psnr: float
-    lpips: float
-    dists: float
+CropRow = DemoRow
+"""One coded version of one photo, with whole-image figures: the same row as `tadm demo`'s
+(`method` is "jpeg", "avif" or a model name)."""
 
 
 def detail_window(image: np.ndarray, size: int) -> tuple[int, int]:
