@@ -168,3 +168,33 @@ def test_vae_lpips_loss_when_weights_are_cached(photos, tmp_path) -> None:
     assert "lpips" not in plain  # off by default
     # the LPIPS term is part of the loss: same crops and start, different total
     assert result["loss"] != pytest.approx(plain["loss"])
+
+
+def test_config_extends_another_file(tmp_path) -> None:
+    (tmp_path / "base.json").write_text(json.dumps({"name": "base", "vae": {"batch_size": 3, "crop": 64}}))
+    (tmp_path / "child.json").write_text(json.dumps({"extends": "base.json", "vae": {"crop": 32}}))
+    cfg = stage0.load_config(tmp_path / "child.json")
+    assert cfg["name"] == "base" and cfg["vae"]["batch_size"] == 3 and cfg["vae"]["crop"] == 32
+    assert "extends" not in cfg
+    (tmp_path / "loop.json").write_text(json.dumps({"extends": "loop2.json"}))
+    (tmp_path / "loop2.json").write_text(json.dumps({"extends": "loop.json"}))
+    with pytest.raises(InputError, match="extends itself"):
+        stage0.load_config(tmp_path / "loop.json")
+    (tmp_path / "orphan.json").write_text(json.dumps({"extends": "missing.json"}))
+    with pytest.raises(InputError, match="missing.json does not exist"):
+        stage0.load_config(tmp_path / "orphan.json")
+
+
+@pytest.mark.parametrize("scale", [16, 32])
+def test_cpu_model_configs_train_the_same_model(scale) -> None:
+    from pathlib import Path
+
+    from tadmcodec.train import stages
+
+    folder = Path(stage0.__file__).parent / "configs"
+    gpu = stages.load_config(folder / f"tadm-tiny-x{scale}.json")
+    cpu = stages.load_config(folder / f"tadm-tiny-x{scale}-cpu.json")
+    assert cpu["model"] == gpu["model"] and cpu["scale"] == gpu["scale"] == scale
+    assert cpu["stage2"]["lpips_weight"] == gpu["stage2"]["lpips_weight"] and cpu["cpu_bf16"]
+    assert cpu["stage2"]["batch_size"] < gpu["stage2"]["batch_size"]
+    assert cpu["backbone"]["dir"] == "runs/stage0-cpu/export"

@@ -103,18 +103,35 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
 
 def merge_config(defaults: dict[str, Any], path: str | Path | None,
                  overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """`defaults`, then the JSON file, then `overrides`; one-line InputError for a bad file."""
+    """`defaults`, then the JSON file, then `overrides`; one-line InputError for a bad file.
+
+    A file may start from another with `"extends": "other.json"` (relative to itself): the other
+    file is merged first, so a CPU variant states only what it changes (batch sizes, minutes).
+    """
     cfg = copy.deepcopy(defaults)
     if path is not None:
-        try:
-            cfg = _merge(cfg, json.loads(Path(path).read_text()))
-        except FileNotFoundError:
-            raise InputError(f"config file {path} does not exist") from None
-        except ValueError as exc:
-            raise InputError(f"config file {path} is not valid JSON: {exc}") from None
+        cfg = _merge(cfg, _read_config(Path(path), ()))
     if overrides:
         cfg = _merge(cfg, overrides)
     return cfg
+
+
+def _read_config(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"config file {path} does not exist") from None
+    except ValueError as exc:
+        raise InputError(f"config file {path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"config file {path} must hold a JSON object")
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    base = (path.parent / parent).resolve()
+    if base in seen or base == path.resolve():
+        raise InputError(f"config file {path} extends itself through {parent}")
+    return _merge(_read_config(base, seen + (path.resolve(),)), data)
 
 
 # ----------------------------------------------------------------------------- checkpoints
