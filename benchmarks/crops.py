@@ -6,7 +6,7 @@
 
 The first model sets the byte budget: JPEG gets the smallest file not smaller than that
 model's. Figures are for whole images; each strip shows the most detailed crop×crop window
-at native resolution. Output: <out>/<image>.png, <out>/crops.md and <out>/crops.json
+at native resolution. Output: <out>/<image>-side-by-side.png, <out>/crops.md and <out>/crops.json
 (default out: benchmarks/results/crops).
 """
 
@@ -56,9 +56,10 @@ def main(argv: list[str] | None = None) -> int:
             for name, path in photos:
                 print(f"{name} ...", file=sys.stderr, flush=True)
                 got, picture = crops.compare(name, read_image(str(path)), codec, models, args.crop)
-                crops.save_picture(picture, args.out / f"{name}.png")
+                picture_name = f"{name}-side-by-side.png"  # not <name>.png: it is no copy of the photo
+                crops.save_picture(picture, args.out / picture_name)
                 rows += got
-                pictures[name] = f"{name}.png"
+                pictures[name] = picture_name
     except TadmError as exc:
         print(f"crops: {exc}", file=sys.stderr)
         return 1

@@ -95,8 +95,8 @@ def test_script_end_to_end_and_errors(tmp_path) -> None:
     methods = [row["method"] for row in doc["rows"]]
     assert methods[0] == "jpeg" and methods[-1] == "bicubic" and set(methods) <= {"jpeg", "avif", "bicubic"}
     n = len(methods)
-    assert Image.open(out / "p1.png").size[0] == (n + 1) * 64 + (n + 2) * 6
-    assert "| p1 | bicubic x8 |" in (out / "crops.md").read_text() and "![p1](p1.png)" in r.stdout
+    assert Image.open(out / "p1-side-by-side.png").size[0] == (n + 1) * 64 + (n + 2) * 6
+    assert "| p1 | bicubic x8 |" in (out / "crops.md").read_text() and "![p1](p1-side-by-side.png)" in r.stdout
     bad = subprocess.run(cmd[:-8] + ["--names", "nope", "--model", "bicubic", "--out", str(tmp_path / "o2")],
                          capture_output=True, text=True)
     assert bad.returncode == 1 and bad.stderr.strip() == f"crops: no photo named nope in {photos}"
