@@ -72,6 +72,7 @@ def test_check_image_keeps_every_classic_file_within_the_budget(tmp_path) -> Non
     assert all(k.n_bytes <= c.ours.n_bytes for k in c.classic)
     assert set(c.verdict()) == set(bar.CRITERIA)
     assert c.bicubic.label == "bicubic x16" and set(c.ours.metrics) == set(bar.BAR_METRICS)
+    assert all(set(k.metrics) == set(bar.CLASSIC_METRICS) for k in c.classic)
     with pytest.raises(InputError, match="give another model"):
         bar.check_image("p", photo(64, 64), codec, "bicubic", 16)
 

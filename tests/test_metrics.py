@@ -407,6 +407,8 @@ def test_evaluator_reuses_reference_features(metric_weights: None, monkeypatch: 
     monkeypatch.setattr(Evaluator, "KEEP_MAX_PIXELS", 40 * 48 - 1)
     big = Evaluator(ref)
     assert big(test_a) == first and big(test_b) == second and not big._ref_features
+    # a call may ask for some of the metrics only
+    assert ev(test_a, only=("dists", "psnr")) == {"psnr": first["psnr"], "dists": first["dists"]}
     with pytest.raises(InputError, match="fid"):
         Evaluator(ref, ["psnr", "fid"])
 

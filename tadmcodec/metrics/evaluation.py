@@ -59,11 +59,16 @@ class Evaluator:
         self.device = str(torch.device(device))
         self._ref_features: dict[str, list[torch.Tensor]] = {}
 
-    def __call__(self, test: np.ndarray) -> dict[str, float]:
-        """{name: value} in the order asked: PSNR dB and SSIM (higher is better), LPIPS and DISTS (lower)."""
+    def __call__(self, test: np.ndarray, only: Iterable[str] | None = None) -> dict[str, float]:
+        """{name: value} in the order asked: PSNR dB and SSIM (higher is better), LPIPS and DISTS (lower).
+
+        `only` restricts this call to some of the evaluator's metrics (skipping costly ones where
+        they are not needed).
+        """
         check_pair(self.ref, test)
+        wanted = set(self.names if only is None else only)
         out: dict[str, float] = {}
-        for name in self.names:
+        for name in (n for n in self.names if n in wanted):
             if name == "psnr":
                 out[name] = psnr(self.ref, test)
             elif name == "ssim":
