@@ -28,6 +28,8 @@ BAR_METRICS: tuple[str, ...] = ("psnr", "lpips_alex", "lpips_vgg", "dists")
 CLASSIC_METRICS: tuple[str, ...] = ("psnr", "lpips_alex", "dists")
 """What the classic files are measured with: LPIPS-VGG is reported for ours and bicubic only (a VGG pass
 per candidate file would double the cost of a check)."""
+JUDGED: tuple[str, ...] = ("lpips_alex", "dists")
+"""The metrics compared with the best classic file (lower is better)."""
 PSNR_MARGIN_DB = 0.5
 CRITERIA: tuple[str, ...] = ("lpips_vs_classic", "dists_vs_classic", "lpips_vs_bicubic", "dists_vs_bicubic",
                              "psnr_vs_bicubic")
@@ -54,7 +56,7 @@ class ImageCheck:
 
     def verdict(self) -> dict[str, bool]:
         return judge(self.ours.metrics, self.bicubic.metrics,
-                     {m: (b.metrics[m] if (b := self.best(m)) else None) for m in ("lpips_alex", "dists")})
+                     {m: (b.metrics[m] if (b := self.best(m)) else None) for m in JUDGED})
 
 
 def judge(ours: dict[str, float], bicubic: dict[str, float], best_classic: dict[str, float | None]) -> dict[str, bool]:
@@ -111,7 +113,7 @@ def summary(checks: list[ImageCheck]) -> dict:
     ours = {m: mean([c.ours.metrics[m] for c in checks]) for m in BAR_METRICS}
     bicubic = {m: mean([c.bicubic.metrics[m] for c in checks]) for m in BAR_METRICS}
     best = {}
-    for m in ("lpips_alex", "dists"):
+    for m in JUDGED:
         # an image with no classic file in budget contributes its own value: it cannot fail there
         best[m] = mean([b.metrics[m] if (b := c.best(m)) else c.ours.metrics[m] for c in checks])
     on_means = judge(ours, bicubic, best)
@@ -129,7 +131,7 @@ def summary(checks: list[ImageCheck]) -> dict:
 def to_json(checks: list[ImageCheck]) -> dict:
     return {"summary": summary(checks),
             "images": [{**asdict(c), "verdict": c.verdict(),
-                        "best_classic": {m: asdict(b) if (b := c.best(m)) else None for m in ("lpips_alex", "dists")}}
+                        "best_classic": {m: asdict(b) if (b := c.best(m)) else None for m in JUDGED}}
                        for c in checks]}
 
 

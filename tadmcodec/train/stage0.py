@@ -117,6 +117,7 @@ def merge_config(defaults: dict[str, Any], path: str | Path | None,
 
 
 def _read_config(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    seen = seen + (path.resolve(),)
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
@@ -129,9 +130,9 @@ def _read_config(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     if parent is None:
         return data
     base = (path.parent / parent).resolve()
-    if base in seen or base == path.resolve():
+    if base in seen:
         raise InputError(f"config file {path} extends itself through {parent}")
-    return _merge(_read_config(base, seen + (path.resolve(),)), data)
+    return _merge(_read_config(base, seen), data)
 
 
 # ----------------------------------------------------------------------------- checkpoints
