@@ -150,10 +150,17 @@ def test_eval_uses_the_vae_checkpoint_before_an_export_exists(photos, tmp_path) 
     stage0.train_vae(_cfg(photos), run)
     r = CliRunner().invoke(stage0.main, args)
     assert r.exit_code == 0, r.output
-    lines = r.stdout.strip().splitlines()
-    assert [ln.split("\t")[0] for ln in lines] == ["p0.png", "p1.png", "mean"]
-    assert all(0 < float(ln.split("\t")[1].split()[0]) < 60 for ln in lines)
+    lines = [ln.split("\t") for ln in r.stdout.strip().splitlines()]
+    assert lines[0] == ["photo", "psnr"] and [ln[0] for ln in lines[1:]] == ["p0.png", "p1.png", "mean"]
+    psnrs = [float(ln[1]) for ln in lines[1:]]
+    assert all(0 < v < 60 for v in psnrs) and psnrs[2] == pytest.approx((psnrs[0] + psnrs[1]) / 2, abs=0.01)
     assert "VAE EMA at step 2" in r.stderr
+    r = CliRunner().invoke(stage0.main, args + ["--metrics", "psnr,ssim"])
+    assert r.exit_code == 0, r.output
+    head, *rows = [ln.split("\t") for ln in r.stdout.strip().splitlines()]
+    assert head == ["photo", "psnr", "ssim"] and all(0 < float(row[2]) <= 1 for row in rows)
+    r = CliRunner().invoke(stage0.main, args + ["--metrics", "psnr,sharpness"])
+    assert r.exit_code != 0 and "unknown metric 'sharpness'" in r.output and "Traceback" not in r.output
 
 
 def test_vae_lpips_loss_when_weights_are_cached(photos, tmp_path) -> None:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import random
 import sys
 import time
@@ -39,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from tadmcodec.errors import InputError, TadmError
+from tadmcodec.metrics import METRICS
 from tadmcodec.tadm import backbone as bb
 from tadmcodec.train import losses
 from tadmcodec.train.data import PhotoCrops, load_rgb, to_model_range
@@ -552,9 +552,14 @@ def round_trip_model(run_dir: Path, export_dir: Path) -> tuple[str, Callable[[to
 
 
 @torch.no_grad()
-def reconstruction_psnr(round_trip: Callable[[torch.Tensor], torch.Tensor],
-                        paths: list[Path]) -> list[tuple[str, float]]:
-    """PSNR (RGB, 8-bit) of `round_trip` for each photo (padded to ×8 by reflection, then cropped)."""
+def reconstruction_scores(round_trip: Callable[[torch.Tensor], torch.Tensor], paths: list[Path],
+                          metrics: tuple[str, ...] = ("psnr",)) -> list[tuple[str, dict[str, float]]]:
+    """`metrics` of `round_trip` for each photo (padded to ×8 by reflection, then cropped).
+
+    With LPIPS/DISTS this is the backbone's ceiling: no TADM model on it decodes better than
+    its VAE reconstructs, so it can be set against the quality bar before stages 1-3 are run.
+    """
+    from tadmcodec.metrics.evaluation import Evaluator
     from tadmcodec.rescaler import pad_to_multiple
 
     out = []
@@ -564,8 +569,7 @@ def reconstruction_psnr(round_trip: Callable[[torch.Tensor], torch.Tensor],
         x = to_model_range(torch.from_numpy(np.array(pad_to_multiple(img, 8))).permute(2, 0, 1)[None])
         rec = round_trip(x)[..., :h, :w]
         rec8 = ((rec.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)[0].permute(1, 2, 0).numpy()
-        mse = np.mean((rec8.astype(np.float64) - img.astype(np.float64)) ** 2)
-        out.append((p.name, 10 * math.log10(255**2 / mse)))
+        out.append((p.name, Evaluator(img, metrics)(rec8)))
     return out
 
 
@@ -587,9 +591,11 @@ def reconstruction_psnr(round_trip: Callable[[torch.Tensor], torch.Tensor],
 @click.option("--unet-minutes", type=float, help="Stop stage 0b after this many minutes.")
 @click.option("--images", type=click.Path(file_okay=False), help="eval: folder of photos to reconstruct.")
 @click.option("--limit", type=int, default=5, show_default=True, help="eval: number of photos.")
+@click.option("--metrics", default="psnr", show_default=True,
+              help="eval: comma-separated metrics (psnr, ssim, lpips_alex, lpips_vgg, dists).")
 @click.option("--cpu", is_flag=True, help="Train on the CPU even if a GPU is present.")
 def main(config_path, stage, resume, run_dir, out_dir, train_dir, vae_steps, unet_steps,
-         vae_minutes, unet_minutes, images, limit, cpu) -> None:
+         vae_minutes, unet_minutes, images, limit, metrics, cpu) -> None:
     """Train, export or evaluate the tiny diffusion backbone (stage 0)."""
     try:
         over: dict[str, Any] = {"vae": {}, "unet": {}}
@@ -605,12 +611,18 @@ def main(config_path, stage, resume, run_dir, out_dir, train_dir, vae_steps, une
         if stage == "eval":
             if not images:
                 raise InputError("--stage eval needs --images FOLDER")
+            names = tuple(m.strip() for m in metrics.split(",") if m.strip())
+            bad = [m for m in names if m not in METRICS] or ([] if names else [metrics])
+            if bad:
+                raise InputError(f"unknown metric {bad[0]!r} (choose from {', '.join(METRICS)})")
             what, fn = round_trip_model(rdir, odir)
             click.echo(f"round trip of {what}", err=True)
-            scores = reconstruction_psnr(fn, list_photos_for_eval(Path(images))[:limit])
-            for name, value in scores:
-                click.echo(f"{name}\t{value:.2f} dB")
-            click.echo(f"mean\t{np.mean([v for _, v in scores]):.2f} dB")
+            scores = reconstruction_scores(fn, list_photos_for_eval(Path(images))[:limit], names)
+            click.echo("\t".join(("photo",) + names))
+            rows = scores + [("mean", {m: float(np.mean([s[m] for _, s in scores])) for m in names})]
+            for name, values in rows:
+                click.echo("\t".join([name] + [f"{values[m]:.2f}" if m == "psnr" else f"{values[m]:.4f}"
+                                                for m in names]))
             return
         if stage in ("all", "vae", "unet"):
             acc = _accelerator(cpu, bool(cfg["cpu_bf16"]))
