@@ -30,7 +30,8 @@ STAGE_CHOICES = ("0a", "0b", "1", "2", "3", "all")
               help="0a = backbone VAE, 0b = backbone UNet, 1-3 = TADM stages, all = 1, 2, 3 + export.")
 @click.option("--resume", is_flag=True, help="Continue each stage from its latest checkpoint.")
 @click.option("--run-dir", type=click.Path(file_okay=False), help="Checkpoints and logs (default: runs/<name>).")
-@click.option("--max-minutes", type=float, help="Time limit per stage (overrides the config).")
+@click.option("--max-minutes", type=float,
+              help="Time box per stage, counted over its resumed runs (overrides the config).")
 @click.option("--steps", type=int, help="Steps per stage (overrides the config; for smoke runs).")
 @click.option("--data", "train_dir", type=click.Path(file_okay=False), help="Override data.train_dir.")
 @click.option("--backbone", "backbone_dir", type=click.Path(file_okay=False),

@@ -134,6 +134,32 @@ def test_resume_continues_at_the_same_step_and_rng(workspace, tmp_path):
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)  # same data, optimiser state, schedule
 
 
+def test_time_box_counts_the_stage_over_resumed_runs(workspace, tmp_path):
+    """`max_minutes` bounds the stage's total time, as the cosine schedule reads it: a resumed run
+    does not get a fresh box (it once did, and trained on at the 5 % floor learning rate)."""
+    cfg = micro_cfg(workspace, stage1={"steps": 2})
+    S.train_stage("stage1", cfg, tmp_path, accelerator=_acc(), model=S.build_training_model(cfg),
+                  log=lambda m: None)
+    ckpt = latest_checkpoint(tmp_path / "stage1")
+    state = torch.load(ckpt, weights_only=False)
+    state["elapsed_s"] = 90.0  # as if the first run had taken 1.5 minutes
+    torch.save(state, ckpt)
+
+    def resume(max_minutes: float) -> list[str]:
+        more = micro_cfg(workspace, stage1={"steps": 4, "max_minutes": max_minutes, "schedule": "cosine"})
+        logs: list[str] = []
+        S.train_stage("stage1", more, tmp_path, resume=True, accelerator=_acc(),
+                      model=S.build_training_model(more), log=logs.append)
+        return logs
+
+    logs = resume(1.0)
+    assert any("time limit of 1.0 min reached at step 2" in m for m in logs)
+    assert latest_checkpoint(tmp_path / "stage1").name == "ckpt-00000002.pt"
+    logs = resume(2.0)  # a larger box continues the stage
+    assert not any("time limit" in m for m in logs)
+    assert latest_checkpoint(tmp_path / "stage1").name == "ckpt-00000004.pt"
+
+
 def test_export_round_trip(workspace, tmp_path):
     from tadmcodec.tadm.loader import load_model_dir
     from tadmcodec.tadm.pipeline import TadmRescaler

@@ -427,11 +427,11 @@ class StageRunner:
         log_path = self.dir / "log.jsonl"
         self.model.train()
         while self.step < total:
-            run_s = time.monotonic() - start
-            if max_min is not None and run_s > 60 * float(max_min):
+            # the box counts the stage's time over all resumed runs, as the cosine schedule does
+            self.elapsed = base_elapsed + time.monotonic() - start
+            if max_min is not None and self.elapsed > 60 * float(max_min):
                 self.log(f"[{self.stage}] time limit of {max_min} min reached at step {self.step}")
                 break
-            self.elapsed = base_elapsed + run_s
             for g in self.opt.param_groups:
                 g["lr"] = scfg["lr"] * lr_factor(scfg, self.step, self.elapsed)
             loss, parts = loss_fn(self.step)
