@@ -612,9 +612,9 @@ def main(config_path, stage, resume, run_dir, out_dir, train_dir, vae_steps, une
             if not images:
                 raise InputError("--stage eval needs --images FOLDER")
             names = tuple(m.strip() for m in metrics.split(",") if m.strip())
-            bad = [m for m in names if m not in METRICS] or ([] if names else [metrics])
-            if bad:
-                raise InputError(f"unknown metric {bad[0]!r} (choose from {', '.join(METRICS)})")
+            bad = next((m for m in names if m not in METRICS), None if names else metrics)
+            if bad is not None:
+                raise InputError(f"unknown metric {bad!r} (choose from {', '.join(METRICS)})")
             what, fn = round_trip_model(rdir, odir)
             click.echo(f"round trip of {what}", err=True)
             scores = reconstruction_scores(fn, list_photos_for_eval(Path(images))[:limit], names)
