@@ -10,11 +10,21 @@ plain numpy; `evaluate`, `LPIPS` and `DISTS` load torch on first use.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable
 
+from tadmcodec.errors import InputError
 from tadmcodec.metrics.psnr_ssim import psnr, ssim
 
 METRICS = ("psnr", "ssim", "lpips_alex", "lpips_vgg", "dists")
+
+
+def check_metric_names(names: Iterable[str]) -> list[str]:
+    """`names` as a list; a one-line InputError naming the first that is not one of `METRICS`."""
+    names = list(names)
+    unknown = [m for m in names if m not in METRICS]
+    if unknown:
+        raise InputError(f"unknown metric {unknown[0]!r} (choose from {', '.join(METRICS)})")
+    return names
 
 if TYPE_CHECKING:
     from tadmcodec.metrics.dists import DISTS
@@ -27,7 +37,7 @@ _LAZY = {
     "DISTS": "tadmcodec.metrics.dists",
 }
 
-__all__ = ["METRICS", "DISTS", "LPIPS", "evaluate", "psnr", "ssim"]
+__all__ = ["METRICS", "DISTS", "check_metric_names", "LPIPS", "evaluate", "psnr", "ssim"]
 
 
 def __getattr__(name: str) -> Any:

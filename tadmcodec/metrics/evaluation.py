@@ -9,8 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tadmcodec.errors import InputError
-from tadmcodec.metrics import METRICS
+from tadmcodec.metrics import METRICS, check_metric_names
 from tadmcodec.metrics.psnr_ssim import check_pair, psnr, ssim
 
 
@@ -51,10 +50,7 @@ class Evaluator:
     KEEP_MAX_PIXELS = 4_000_000
 
     def __init__(self, ref: np.ndarray, metrics: Iterable[str] = METRICS, device: str | torch.device = "cpu") -> None:
-        self.names = list(metrics)
-        unknown = [m for m in self.names if m not in METRICS]
-        if unknown:
-            raise InputError(f"unknown metric {unknown[0]!r} (choose from {', '.join(METRICS)})")
+        self.names = check_metric_names(metrics)
         self.ref = ref
         self.device = str(torch.device(device))
         self._ref_features: dict[str, list[torch.Tensor]] = {}

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from tadmcodec.errors import InputError, TadmError
-from tadmcodec.metrics import METRICS
+from tadmcodec.metrics import check_metric_names
 from tadmcodec.tadm import backbone as bb
 from tadmcodec.train import losses
 from tadmcodec.train.data import PhotoCrops, load_rgb, to_model_range
@@ -611,10 +611,7 @@ def main(config_path, stage, resume, run_dir, out_dir, train_dir, vae_steps, une
         if stage == "eval":
             if not images:
                 raise InputError("--stage eval needs --images FOLDER")
-            names = tuple(m.strip() for m in metrics.split(",") if m.strip())
-            bad = next((m for m in names if m not in METRICS), None if names else metrics)
-            if bad is not None:
-                raise InputError(f"unknown metric {bad!r} (choose from {', '.join(METRICS)})")
+            names = tuple(check_metric_names([m.strip() for m in metrics.split(",") if m.strip()] or [metrics]))
             what, fn = round_trip_model(rdir, odir)
             click.echo(f"round trip of {what}", err=True)
             scores = reconstruction_scores(fn, list_photos_for_eval(Path(images))[:limit], names)
