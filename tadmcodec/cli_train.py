@@ -3,6 +3,8 @@
     tadm train --config tadmcodec/train/configs/tadm-tiny-x16.json --stage all
     tadm train --config ... --stage 2 --resume --max-minutes 30
     tadm train --config ... --export DIR          # write a model folder from the latest stage
+    tadm train --config ... --save-weights W.safetensors  # its trainable weights alone (small)
+    tadm train --config ... --stage 1 --run-dir runs/more --init W.safetensors  # continue elsewhere
     accelerate launch -m tadmcodec.cli_train --config ...   # several GPUs, same command
 
 Stages 0a/0b read the stage-0 config that the model config names (`stage0_config`);
@@ -40,15 +42,22 @@ STAGE_CHOICES = ("0a", "0b", "1", "2", "3", "all")
               help="Only export the latest stage's weights as a model folder to DIR.")
 @click.option("--weights", "weights_file", type=click.Path(dir_okay=False),
               help="With --export: take the weights from this trainable-weights safetensors.")
-@click.option("--fp32", is_flag=True, help="Export float32 weights instead of float16.")
+@click.option("--fp32", is_flag=True, help="Export (or save) float32 weights instead of float16.")
+@click.option("--save-weights", "save_weights", type=click.Path(dir_okay=False),
+              help="Only write the latest stage's trainable weights (float16 safetensors unless --fp32; "
+                   "no backbone) to FILE: what --init and --export --weights read.")
+@click.option("--init", "init_file", type=click.Path(dir_okay=False),
+              help="Start the first stage run from these trainable weights (a --save-weights file or a "
+                   "stage checkpoint .pt) instead of the previous stage's; fresh optimiser and schedule.")
 @click.option("--cpu", is_flag=True, help="Train on the CPU even if a GPU is present.")
 def train_command(config_path: str, stage: str, resume: bool, run_dir: str | None, max_minutes: float | None,
                   steps: int | None, train_dir: str | None, backbone_dir: str | None, export_dir: str | None,
-                  weights_file: str | None, fp32: bool, cpu: bool) -> None:
+                  weights_file: str | None, fp32: bool, save_weights: str | None, init_file: str | None,
+                  cpu: bool) -> None:
     """Train a TADM model (stages 1-3) or its tiny backbone (0a/0b), resumably."""
     try:
         _train(config_path, stage, resume, run_dir, max_minutes, steps, train_dir, backbone_dir,
-               export_dir, weights_file, fp32, cpu)
+               export_dir, weights_file, fp32, save_weights, init_file, cpu)
     except TadmError as exc:  # one line, exit code 2 (also under `python -m` and accelerate)
         click.echo(f"tadm: {exc}", err=True)
         sys.exit(exc.exit_code)
@@ -56,10 +65,17 @@ def train_command(config_path: str, stage: str, resume: bool, run_dir: str | Non
 
 def _train(config_path: str, stage: str, resume: bool, run_dir: str | None, max_minutes: float | None,
            steps: int | None, train_dir: str | None, backbone_dir: str | None, export_dir: str | None,
-           weights_file: str | None, fp32: bool, cpu: bool) -> None:
+           weights_file: str | None, fp32: bool, save_weights: str | None, init_file: str | None,
+           cpu: bool) -> None:
     from tadmcodec.train import stages as S
 
+    if sum(x is not None for x in (export_dir, save_weights, init_file)) > 1:
+        raise InputError("--export, --save-weights and --init exclude each other")
+    if weights_file and not export_dir:
+        raise InputError("--weights goes with --export")
     if stage in ("0a", "0b"):
+        if init_file or save_weights:
+            raise InputError("--init and --save-weights are for stages 1-3")
         _stage0(config_path, stage, resume, run_dir, max_minutes, steps, train_dir, cpu)
         return
     over: dict[str, Any] = {s: {} for s in S.STAGES}
@@ -79,14 +95,24 @@ def _train(config_path: str, stage: str, resume: bool, run_dir: str | None, max_
         folder = S.export(cfg, rdir, Path(export_dir), fp32=fp32, weights=weights)
         click.echo(f"exported to {folder}")
         return
+    if save_weights:
+        import torch
+
+        dtype = torch.float32 if fp32 else torch.float16
+        click.echo(f"wrote {S.save_trainable(cfg, rdir, Path(save_weights), dtype)}")
+        return
+    init = Path(init_file) if init_file else None
+    if init is not None:
+        S.read_trainable(init)  # a bad file fails here, before any folder is made
     acc = S._accelerator(cpu)
     rdir.mkdir(parents=True, exist_ok=True)
     if acc.is_main_process:
         (rdir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     todo = S.STAGES if stage == "all" else (f"stage{stage}",)
     model = S.build_training_model(cfg)
-    for s in todo:
-        S.train_stage(s, cfg, rdir, resume=resume, accelerator=acc, model=model, log=acc.print)
+    for i, s in enumerate(todo):
+        S.train_stage(s, cfg, rdir, resume=resume, accelerator=acc, model=model, log=acc.print,
+                      init=init if i == 0 else None)
     if stage == "all" and acc.is_main_process:
         click.echo(f"exported to {S.export(cfg, rdir, rdir / 'export', fp32=fp32)}")
 

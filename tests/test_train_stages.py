@@ -160,6 +160,67 @@ def test_time_box_counts_the_stage_over_resumed_runs(workspace, tmp_path):
     assert latest_checkpoint(tmp_path / "stage1").name == "ckpt-00000004.pt"
 
 
+def _stage_weights(run: Path, stage: str) -> dict[str, torch.Tensor]:
+    return torch.load(latest_checkpoint(run / stage), weights_only=True)["weights"]
+
+
+@pytest.mark.parametrize("kind", ["safetensors", "checkpoint"])
+def test_init_starts_a_stage_from_weights_trained_elsewhere(workspace, tmp_path, kind):
+    cfg = micro_cfg(workspace)
+    S.train_stage("stage1", cfg, tmp_path / "a", accelerator=_acc(), model=S.build_training_model(cfg),
+                  log=lambda m: None)
+    trained = _stage_weights(tmp_path / "a", "stage1")
+    if kind == "safetensors":
+        init = S.save_trainable(cfg, tmp_path / "a", tmp_path / "w.safetensors")
+    else:
+        init = latest_checkpoint(tmp_path / "a" / "stage1")
+    # a 0-minute box trains no step (how gpu_job skips a stage): the checkpoint holds the start
+    zero = micro_cfg(workspace, stage1={"steps": 4, "max_minutes": 0})
+    logs: list[str] = []
+    S.train_stage("stage1", zero, tmp_path / "b", accelerator=_acc(), model=S.build_training_model(zero),
+                  log=logs.append, init=init)
+    assert latest_checkpoint(tmp_path / "b" / "stage1").name == "ckpt-00000000.pt"
+    start = _stage_weights(tmp_path / "b", "stage1")
+    assert start.keys() == trained.keys() and all(torch.equal(start[k], trained[k]) for k in trained)
+    assert any(f"starting from {init}" in m for m in logs)
+    fresh = S.build_training_model(zero)  # without init the same stage starts elsewhere
+    S.train_stage("stage1", zero, tmp_path / "c", accelerator=_acc(), model=fresh, log=lambda m: None)
+    assert _changed(trained, _stage_weights(tmp_path / "c", "stage1"))
+
+
+def test_init_is_not_used_by_a_stage_that_resumes(workspace, tmp_path):
+    cfg = micro_cfg(workspace)
+    S.train_stage("stage1", cfg, tmp_path / "a", accelerator=_acc(), model=S.build_training_model(cfg),
+                  log=lambda m: None)
+    w = S.save_trainable(cfg, tmp_path / "a", tmp_path / "w.safetensors")
+    other = micro_cfg(workspace, seed=5)
+    S.train_stage("stage1", other, tmp_path / "b", accelerator=_acc(), model=S.build_training_model(other),
+                  log=lambda m: None)
+    own = _stage_weights(tmp_path / "b", "stage1")
+    model, logs = S.build_training_model(other), []
+    runner = S.StageRunner("stage1", other, tmp_path / "b", model, _acc(), resume=True, log=lambda m: None)
+    assert runner.step == 2
+    S.train_stage("stage1", other, tmp_path / "b", resume=True, accelerator=_acc(), model=model,
+                  log=logs.append, init=w)
+    assert any("is not used" in m for m in logs)
+    got = model.dfrm.state_dict()
+    assert all(torch.equal(got[k], own["dfrm." + k]) for k in got)  # steps 2 of 2: nothing trained
+
+
+def test_init_from_another_architecture_is_a_one_line_error(workspace, tmp_path):
+    from tadmcodec.errors import ModelError
+
+    cfg = micro_cfg(workspace)
+    S.train_stage("stage1", cfg, tmp_path / "a", accelerator=_acc(), model=S.build_training_model(cfg),
+                  log=lambda m: None)
+    w = S.save_trainable(cfg, tmp_path / "a", tmp_path / "w.safetensors")
+    wide = micro_cfg(workspace, model={"dfrm": {"latent_width": 24}})
+    with pytest.raises(ModelError, match="does not match the config: dfrm.* is"):
+        S.train_stage("stage1", wide, tmp_path / "b", accelerator=_acc(), model=S.build_training_model(wide),
+                      log=lambda m: None, init=w)
+    assert not (tmp_path / "b" / "stage1").exists() or not any((tmp_path / "b" / "stage1").glob("ckpt-*"))
+
+
 def test_export_round_trip(workspace, tmp_path):
     from tadmcodec.tadm.loader import load_model_dir
     from tadmcodec.tadm.pipeline import TadmRescaler
@@ -214,6 +275,18 @@ def test_cli_errors_are_one_line(tmp_path, workspace):
     assert res.exit_code == 2 and "multiple of the scale" in res.output
     res = runner.invoke(main, ["train", "--config", str(bad), "--stage", "0a"])
     assert res.exit_code == 2 and "stage0_config" in res.output
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(micro_cfg(workspace)))
+    for args, message in ((["--init", str(tmp_path / "none.safetensors")], "does not exist"),
+                          (["--init", str(bad)], "cannot read"),
+                          (["--init", str(bad), "--export", str(tmp_path / "e")], "exclude each other"),
+                          (["--weights", str(bad)], "--weights goes with --export"),
+                          (["--save-weights", str(tmp_path / "w.safetensors"), "--run-dir", str(tmp_path / "r")],
+                           "nothing to save")):
+        res = runner.invoke(main, ["train", "--config", str(good), "--cpu", *args])
+        assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output, (args, res.output)
+        assert len(res.output.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists() and not (tmp_path / "w.safetensors").exists()
 
 
 def test_cli_trains_and_exports(workspace, tmp_path):
@@ -226,3 +299,13 @@ def test_cli_trains_and_exports(workspace, tmp_path):
     assert res.exit_code == 0, res.output
     assert (tmp_path / "run" / "export" / "model.json").is_file()
     assert latest_checkpoint(tmp_path / "run" / "stage3").name == "ckpt-00000001.pt"
+    # the small weights file carries the model to another run folder, which continues from it
+    w = tmp_path / "w.safetensors"
+    res = CliRunner().invoke(main, ["train", "--config", str(path), "--run-dir", str(tmp_path / "run"),
+                                    "--save-weights", str(w)])
+    assert res.exit_code == 0 and w.is_file(), res.output
+    res = CliRunner().invoke(main, ["train", "--config", str(path), "--run-dir", str(tmp_path / "more"),
+                                    "--stage", "3", "--init", str(w), "--cpu"])
+    assert res.exit_code == 0, res.output
+    assert latest_checkpoint(tmp_path / "more" / "stage3").name == "ckpt-00000001.pt"
+    assert not (tmp_path / "more" / "stage1").exists()

@@ -1,15 +1,21 @@
 """One time-boxed GPU session: train tadm-tiny-x16 and -x32 side by side, then a CUDA check.
 
     python -m tadmcodec.train.gpu_job OUT_DIR --train-dir D --backbone B --budget-s 420 \
-        [--stage-minutes 2.5,2.5,0.8] [--cpu --steps 2]
+        [--stage-minutes 2.5,2.5,0.8] [--init x16=W16 --init x32=W32] [--cpu --steps 2]
 
 Both models train as two background processes on the one GPU (they are small), each
 running stages 1 -> 2 -> 3 with its time share, checkpointing every minute. Whatever
 happens to training (a crash, the budget running out), every model that has a
 checkpoint is exported, and the CUDA check runs on the x16 model (or x32) in the
 time left. OUT_DIR receives few, small files: logs.tar, x16.safetensors/x32.safetensors
-(float32 trainable weights; `tadm train --export DIR --weights FILE` rebuilds the
+(float16 trainable weights, 5.5 MB each; `tadm train --export DIR --weights FILE` rebuilds the
 model folder on the same backbone) and cuda_check.json.
+
+`--init TAG=FILE` starts that model's stage 1 from trainable weights (`tadm train
+--save-weights`, or the previous call's TAG.safetensors), so a CPU run or an earlier call
+continues: calls are limited to minutes and the machine may be a fresh one each time. A
+stage given 0 minutes only hands its start weights on (`--stage-minutes 0,4,2` continues
+stages 2 and 3 from the init weights).
 """
 
 from __future__ import annotations
@@ -38,7 +44,15 @@ def main() -> int:
     ap.add_argument("--cpu", action="store_true")
     ap.add_argument("--no-dists", action="store_true", help="DISTS weight 0 (its VGG weights not carried)")
     ap.add_argument("--photo", help="photo for the CUDA check")
+    ap.add_argument("--init", action="append", default=[], metavar="TAG=FILE",
+                    help="start model TAG (x16/x32) from these trainable weights")
     args = ap.parse_args()
+    inits = {}
+    for item in args.init:
+        tag, sep, path = item.partition("=")
+        if not sep or tag not in CONFIGS or not Path(path).is_file():
+            ap.error(f"--init wants TAG=FILE with TAG in {sorted(CONFIGS)} and an existing FILE, got {item!r}")
+        inits[tag] = path
     t_start = time.monotonic()
     args.out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -65,7 +79,8 @@ def main() -> int:
         cfg_path = args.work / f"{tag}.json"
         cfg_path.write_text(json.dumps(cfg, indent=1))
         cmd = [sys.executable, "-m", "tadmcodec.cli_train", "--config", str(cfg_path), "--stage", "all",
-               "--run-dir", str(args.work / tag)] + (["--cpu"] if args.cpu else [])
+               "--run-dir", str(args.work / tag)] + (["--cpu"] if args.cpu else []) \
+            + (["--init", inits[tag]] if tag in inits else [])
         out = open(args.out / f"{tag}.log", "w", buffering=1)
         procs[tag] = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         log(f"started {tag}: {' '.join(cmd)}")
@@ -84,13 +99,15 @@ def main() -> int:
 
     # Trainable weights of whatever each run reached (small), and a full export for the check.
     sys.path.insert(0, os.getcwd())
+    import torch
+
     from tadmcodec.train import stages as S
 
     exported = {}
     for tag in CONFIGS:
         try:
             cfg = S.load_config(args.work / f"{tag}.json")
-            S.save_trainable(cfg, args.work / tag, args.out / f"{tag}.safetensors")
+            S.save_trainable(cfg, args.work / tag, args.out / f"{tag}.safetensors", torch.float16)
             exported[tag] = S.export(cfg, args.work / tag, args.work / f"{tag}-export")
             log(f"{tag}: exported {exported[tag]}")
         except Exception as exc:  # noqa: BLE001 - keep going to the CUDA check

@@ -213,7 +213,33 @@ def load_checkpoint_state(model, state: dict[str, torch.Tensor], where: Path) ->
     missing = [k for k in checkpoint_state(model) if k not in state]
     if missing:
         raise ModelError(f"{where} lacks {len(missing)} tensors, e.g. {missing[0]}")
+    own_shapes = {k: tuple(v.shape) for k, v in own.items()}
+    wrong = [k for k, v in state.items() if tuple(v.shape) != own_shapes[k]]
+    if wrong:
+        k = wrong[0]
+        raise ModelError(f"{where} does not match the config: {k} is {tuple(state[k].shape)}, "
+                         f"the model's is {own_shapes[k]} ({len(wrong)} tensors differ)")
     model.load_state_dict(state, strict=False)
+
+
+def read_trainable(path: Path) -> dict[str, torch.Tensor]:
+    """Trainable weights from a `save_trainable` safetensors or from a stage checkpoint (.pt)."""
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise InputError(f"weights file {path} does not exist")
+    if path.suffix == ".pt":
+        try:  # weights_only: a file named on the command line must not run code
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a bad file
+            raise InputError(f"cannot read {path}: {str(exc).splitlines()[0]}") from None
+        if not isinstance(state, dict) or "weights" not in state:
+            raise InputError(f"{path} is not a stage checkpoint (no weights in it)")
+        return state["weights"]
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - SafetensorError is neither OSError nor ValueError
+        raise InputError(f"cannot read {path}: {str(exc).splitlines()[0]}") from None
 
 
 # ----------------------------------------------------------------------------- losses
@@ -429,7 +455,7 @@ class StageRunner:
         while self.step < total:
             # the box counts the stage's time over all resumed runs, as the cosine schedule does
             self.elapsed = base_elapsed + time.monotonic() - start
-            if max_min is not None and self.elapsed > 60 * float(max_min):
+            if max_min is not None and self.elapsed >= 60 * float(max_min):  # a 0-minute stage: no step
                 self.log(f"[{self.stage}] time limit of {max_min} min reached at step {self.step}")
                 break
             for g in self.opt.param_groups:
@@ -482,8 +508,14 @@ class StageRunner:
         return last
 
 
-def _start_weights(model, run_dir: Path, stage: str, log: Callable[[str], None]) -> None:
-    """A stage starts from the final weights of the stage before it (if that stage ran)."""
+def _start_weights(model, run_dir: Path, stage: str, log: Callable[[str], None],
+                   init: Path | None = None) -> None:
+    """A stage starts from `init` if given, else from the final weights of the stage before it
+    (if that stage ran)."""
+    if init is not None:
+        load_checkpoint_state(model, read_trainable(init), init)
+        log(f"[{stage}] starting from {init}")
+        return
     i = STAGES.index(stage)
     for prev in reversed(STAGES[:i]):
         ckpt = latest_checkpoint(run_dir / prev)
@@ -496,15 +528,23 @@ def _start_weights(model, run_dir: Path, stage: str, log: Callable[[str], None])
 
 
 def train_stage(stage: str, cfg: dict[str, Any], run_dir: Path, resume: bool = False,
-                accelerator=None, model=None, log: Callable[[str], None] = print) -> dict[str, float]:
-    """Run one stage (stage1/stage2/stage3) of one model; returns the last logged losses."""
+                accelerator=None, model=None, log: Callable[[str], None] = print,
+                init: Path | None = None) -> dict[str, float]:
+    """Run one stage (stage1/stage2/stage3) of one model; returns the last logged losses.
+
+    `init` (trainable weights: `save_trainable` output or a stage checkpoint) is where a stage
+    that does not resume starts, instead of the previous stage's weights: it continues a model
+    trained elsewhere (a CPU run on the GPU, another run folder) with a fresh optimiser and schedule.
+    """
     if stage not in STAGES:
         raise InputError(f"unknown stage {stage!r}")
     acc = accelerator or _accelerator(cpu=False)
     device = acc.device
     model = model or build_training_model(cfg)
     if not (resume and latest_checkpoint(run_dir / stage) is not None):
-        _start_weights(model, run_dir, stage, log)
+        _start_weights(model, run_dir, stage, log, init)
+    elif init is not None:
+        log(f"[{stage}] resuming its own checkpoint: {init} is not used")
     model.to_device(device, torch.float32)
     scfg = cfg[stage]
     scale = cfg["scale"]
@@ -588,16 +628,23 @@ def latest_stage_checkpoint(run_dir: Path) -> Path | None:
     return None
 
 
-def save_trainable(cfg: dict[str, Any], run_dir: Path, path: Path) -> Path:
-    """The latest stage's trainable weights as one float32 safetensors (small: no backbone)."""
-    from safetensors.torch import save_file
+def save_trainable(cfg: dict[str, Any], run_dir: Path, path: Path, dtype: torch.dtype = torch.float32) -> Path:
+    """The latest stage's trainable weights as one safetensors (small: no backbone).
+
+    float16 halves the file (5.5 MB for tadm-tiny), which is what lets two models' weights travel
+    to the GPU machine beside the photos and the backbone. Written atomically (temp file +
+    rename), so a crash never leaves a half file to --init from."""
+    from safetensors.torch import save
+
+    from tadmcodec.files import write_target
 
     ckpt = latest_stage_checkpoint(run_dir)
     if ckpt is None:
         raise TadmError(f"nothing to save: no stage 1-3 checkpoint in {run_dir}")
     state = _load(ckpt)
-    save_file({k: v.float().contiguous() for k, v in state["weights"].items()}, str(path),
-              metadata={"stage": str(state["stage"]), "step": str(state["step"]), "name": cfg["name"]})
+    data = save({k: v.to(dtype).contiguous() for k, v in state["weights"].items()},
+                metadata={"stage": str(state["stage"]), "step": str(state["step"]), "name": cfg["name"]})
+    write_target(str(path), data, force=True)
     return path
 
 
@@ -605,17 +652,11 @@ def export(cfg: dict[str, Any], run_dir: Path, out_dir: Path, fp32: bool = False
            weights: Path | None = None) -> Path:
     """Write a model folder (model.json + fp16 safetensors) from the latest stage checkpoint,
     or from a `save_trainable` file (`weights`) on the configured backbone."""
-    from safetensors.torch import load_file
-
     from tadmcodec.tadm.loader import save_model_dir
 
     model = build_training_model(cfg)
     if weights is not None:
-        try:
-            state = load_file(str(weights))
-        except (OSError, ValueError) as exc:
-            raise InputError(f"cannot read {weights}: {exc}") from None
-        load_checkpoint_state(model, state, weights)
+        load_checkpoint_state(model, read_trainable(weights), weights)
     else:
         ckpt = latest_stage_checkpoint(run_dir)
         if ckpt is None:
