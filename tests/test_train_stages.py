@@ -309,3 +309,41 @@ def test_cli_trains_and_exports(workspace, tmp_path):
     assert res.exit_code == 0, res.output
     assert latest_checkpoint(tmp_path / "more" / "stage3").name == "ckpt-00000001.pt"
     assert not (tmp_path / "more" / "stage1").exists()
+
+
+def test_gpu_job_trains_both_models_and_continues_from_their_weights(workspace, tmp_path):
+    """The GPU session's job, as a CPU smoke run on micro configs: two models side by side, their
+    small weight files, and a second call that starts from them (0-minute stages train nothing)."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    repo = Path(__file__).resolve().parents[1]
+    configs = []
+    for tag, scale in (("x16", 16), ("x32", 32)):
+        path = tmp_path / f"{tag}.json"
+        path.write_text(json.dumps(micro_cfg(workspace, name=f"micro-{tag}", scale=scale)))
+        configs += ["--config", f"{tag}={path}"]
+
+    def job(out: Path, *extra: str) -> str:
+        cmd = [sys.executable, "-m", "tadmcodec.train.gpu_job", str(out), "--train-dir", str(workspace / "photos"),
+               "--backbone", str(workspace / "backbone"), "--budget-s", "300", "--steps", "1", "--cpu",
+               "--work", str(out / "work"), *configs, *extra]
+        res = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, res.stderr[-2000:]
+        return (out / "job.log").read_text()
+
+    log = job(tmp_path / "a", "--stage-minutes", "5,5,5")
+    assert "x16: exported" in log and "x32: exported" in log, log
+    first = {tag: load_file(str(tmp_path / "a" / f"{tag}.safetensors")) for tag in ("x16", "x32")}
+    assert all(v.dtype == torch.float16 for v in first["x16"].values())
+    log = job(tmp_path / "b", "--stage-minutes", "0,0,0", "--init", f"x16={tmp_path / 'a' / 'x16.safetensors'}")
+    again = load_file(str(tmp_path / "b" / "x16.safetensors"))
+    assert all(torch.equal(again[k], v) for k, v in first["x16"].items())
+    other = load_file(str(tmp_path / "b" / "x32.safetensors"))  # no init: fresh heads, not the trained ones
+    assert any(not torch.equal(other[k], v) for k, v in first["x32"].items())
+    bad = subprocess.run([sys.executable, "-m", "tadmcodec.train.gpu_job", str(tmp_path / "c"), "--train-dir", "x",
+                          "--backbone", "x", "--budget-s", "1", "--init", "x64=nope"], cwd=repo,
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "--init wants TAG=FILE" in bad.stderr

@@ -1,7 +1,7 @@
 """One time-boxed GPU session: train tadm-tiny-x16 and -x32 side by side, then a CUDA check.
 
     python -m tadmcodec.train.gpu_job OUT_DIR --train-dir D --backbone B --budget-s 420 \
-        [--stage-minutes 2.5,2.5,0.8] [--init x16=W16 --init x32=W32] [--cpu --steps 2]
+        [--stage-minutes 2.5,2.5,0.8] [--init x16=W16 --init x32=W32] [--config x16=C] [--cpu --steps 2]
 
 Both models train as two background processes on the one GPU (they are small), each
 running stages 1 -> 2 -> 3 with its time share, checkpointing every minute. Whatever
@@ -46,13 +46,25 @@ def main() -> int:
     ap.add_argument("--photo", help="photo for the CUDA check")
     ap.add_argument("--init", action="append", default=[], metavar="TAG=FILE",
                     help="start model TAG (x16/x32) from these trainable weights")
+    ap.add_argument("--config", action="append", default=[], metavar="TAG=FILE",
+                    help="train model TAG from this config instead of the shipped one (a variant)")
     args = ap.parse_args()
-    inits = {}
-    for item in args.init:
-        tag, sep, path = item.partition("=")
-        if not sep or tag not in CONFIGS or not Path(path).is_file():
-            ap.error(f"--init wants TAG=FILE with TAG in {sorted(CONFIGS)} and an existing FILE, got {item!r}")
-        inits[tag] = path
+
+    def tagged(items: list[str], option: str) -> dict[str, str]:
+        out = {}
+        for item in items:
+            tag, sep, path = item.partition("=")
+            if not sep or tag not in CONFIGS or not Path(path).is_file():
+                ap.error(f"{option} wants TAG=FILE with TAG in {sorted(CONFIGS)} and an existing FILE, got {item!r}")
+            out[tag] = path
+        return out
+
+    inits = tagged(args.init, "--init")
+    configs = {**CONFIGS, **tagged(args.config, "--config")}
+    sys.path.insert(0, os.getcwd())
+    import torch
+
+    from tadmcodec.train import stages as S
     t_start = time.monotonic()
     args.out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -63,8 +75,8 @@ def main() -> int:
 
     minutes = [float(m) for m in args.stage_minutes.split(",")]
     procs = {}
-    for tag, path in CONFIGS.items():
-        cfg = json.loads(Path(path).read_text())
+    for tag, path in configs.items():
+        cfg = S.load_config(path)  # with its defaults and any config it extends
         cfg["backbone"]["dir"] = args.backbone
         cfg["data"]["train_dir"] = args.train_dir
         for s, m in zip(("stage1", "stage2", "stage3"), minutes):
@@ -98,11 +110,6 @@ def main() -> int:
         log(f"{tag} exit code {p.returncode}")
 
     # Trainable weights of whatever each run reached (small), and a full export for the check.
-    sys.path.insert(0, os.getcwd())
-    import torch
-
-    from tadmcodec.train import stages as S
-
     exported = {}
     for tag in CONFIGS:
         try:
