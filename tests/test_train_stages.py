@@ -85,6 +85,25 @@ def test_stage1_trains_only_the_dfrm(workspace, tmp_path):
     assert val and all(r["val_bpp"] > 0 and math.isfinite(r["val_psnr"]) for r in val)
 
 
+def test_stage1_decoded_l1_reaches_the_dfrm_only(workspace, tmp_path):
+    """pix_weight adds |D(Gd(F^-1(Q(y)))) - x|_1 through the frozen decoder: it changes the DFRM's
+    gradients (so its weights after one step) and never the VAE."""
+    def one_step(pix: float, run: Path):
+        cfg = micro_cfg(workspace, stage1={"steps": 1, "pix_weight": pix, "pix_samples": 1})
+        model = S.build_training_model(cfg)
+        before = _snapshot(model)
+        result = S.train_stage("stage1", cfg, run, accelerator=_acc(), model=model, log=lambda m: None)
+        changed = _changed(before, _snapshot(model))
+        assert changed and all(k.startswith("dfrm.") for k in changed)
+        return result, model.dfrm.state_dict()
+
+    plain, w0 = one_step(0.0, tmp_path / "a")
+    with_pix, w1 = one_step(4.0, tmp_path / "b")
+    assert "pix" not in plain and 0 < with_pix["pix"] < 2
+    assert with_pix["loss"] == pytest.approx(with_pix["rec"] + with_pix["gui"] + 4.0 * with_pix["pix"], rel=1e-5)
+    assert any(not torch.equal(w0[k], w1[k]) for k in w0)
+
+
 def test_stage2_trains_only_lora_tpm_refiner(workspace, tmp_path):
     cfg = micro_cfg(workspace)
     model = S.build_training_model(cfg)
