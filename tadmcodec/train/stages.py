@@ -266,9 +266,10 @@ def rescaling_loss(out: dict[str, torch.Tensor], z: torch.Tensor, x: torch.Tenso
 def decoded_l1(model, z_hat: torch.Tensor, x: torch.Tensor, n: int, autocast: Callable) -> torch.Tensor:
     """|D(z_hat) - x|_1 through the frozen VAE decoder, on the first `n` crops of the batch.
 
-    Not in the paper's stage 1, which is latent-only: on the tiny backbone a latent as far from z
-    as the bicubic image's latent (same L1 and MSE) decodes 0.5-1 dB worse than it (measured on
-    Urban100 crops), so latent distance alone does not buy PSNR. Gradients reach the DFRM only.
+    Not in the paper's stage 1, which is latent-only. On the tiny backbone the DFRM's latents are as
+    near to z as the bicubic image's latents (x16), or nearer (x32), and still decode worse than
+    them (benchmarks/results/psnr_budget/): latent distance alone does not buy PSNR. Gradients reach
+    the DFRM only (the decoder is frozen in stage 1).
     """
     with autocast():
         x_hat = model.decode_latent(z_hat[:n])
