@@ -257,8 +257,13 @@ def test_half_precision_carry_round_trip(metric_weights: None, monkeypatch: pyte
     monkeypatch.setenv("TADMCODEC_NO_FETCH", "1")
     with pytest.raises(W.TadmError, match="not a --pack-half file"):
         W.unpack_half(plain)
-    with pytest.raises(W.TadmError, match="is missing"):
+    with pytest.raises(W.TadmError, match="no --pack-half files"):
         W.unpack_half(tmp_path / "nothing-here")
+    (tmp_path / "alex-only").mkdir()  # what a call without DISTS carries
+    (tmp_path / "carry" / "lpips_alex.safetensors").rename(tmp_path / "alex-only" / "lpips_alex.safetensors")
+    assert [p.name for p in W.unpack_half(tmp_path / "alex-only")] == ["lpips_alex.safetensors"]
+    assert not W.weights_path("lpips_vgg").exists()
+    (tmp_path / "alex-only" / "lpips_alex.safetensors").rename(tmp_path / "carry" / "lpips_alex.safetensors")
     restored = W.unpack_half(tmp_path / "carry")
     assert all(p.is_relative_to(tmp_path / "lent-machine") for p in restored)
     got = [LPIPS("vgg")(2 * x - 1, 2 * y - 1).item(), DISTS()(x, y).item()]
