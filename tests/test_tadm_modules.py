@@ -6,6 +6,8 @@ Key names and shapes are checked against the official checkpoints' layout
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from diffusers import DDPMScheduler
@@ -74,6 +76,20 @@ def test_dfrm_shapes(scale: int) -> None:
     assert out["z_lr"].shape == (2, 3, 2, 3)
     assert out["y"].shape == out["y_q"].shape == (2, 3, 2, 3)
     assert out["z_hat"].shape == out["z_hat_direct"].shape == z.shape
+
+
+@pytest.mark.parametrize("scale", [8, 32])
+def test_dfrm_tail_starts_as_the_identity_and_then_trains(scale: int) -> None:
+    torch.manual_seed(0)
+    plain = DFRM(scale, MICRO_DFRM)
+    tailed = DFRM(scale, dataclasses.replace(MICRO_DFRM, tail_blocks=2, tail_width=8))
+    assert plain.tail_module is None and "tail_module.0.conv_in.weight" in tailed.state_dict()
+    missing = tailed.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing and all(k.startswith("tail_module.") for k in missing)
+    z_lr = torch.randn(2, 3, 2, 3)
+    assert torch.equal(tailed.decode_features(z_lr), plain.decode_features(z_lr))
+    tailed.decode_features(z_lr).square().sum().backward()
+    assert tailed.tail_module[-1].weight.grad.abs().sum() > 0  # zero start, yet it learns
 
 
 def test_dfrm_keys_match_the_official_layout() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,7 @@ import torch.nn.functional as F
 
 from tadmcodec.tadm.blocks import receptive_radius
 from tadmcodec.tadm.pipeline import TadmRescaler
-from tadmcodec.tadm.testing import make_random_model
+from tadmcodec.tadm.testing import MICRO_DFRM, make_random_model
 from tadmcodec.tadm.tiling import (
     GaussianMerger, GroupNormStats, VaeTiler, _axis_tiles, latent_tiles, pad_latent, tile_starts,
     tiled_conv, to_uint8_image,
@@ -107,6 +109,26 @@ def test_dfrm_conv_tiles_are_exact(model) -> None:
         ref_gd = d.decode_features(ref)
         tiled_gd = tiled_conv(d.decode_features, [(ref, 1)], (h, w), s // 8, 2, receptive_radius(d.final_module))
         assert torch.allclose(tiled_gd, ref_gd, atol=1e-5)
+
+
+def test_gd_with_a_tail_tiles_exactly_in_the_pipeline() -> None:
+    """The tail runs at the latent size; the pipeline's Gd halo must cover it too."""
+    m = make_random_model(32, seed=3, dfrm=dataclasses.replace(MICRO_DFRM, tail_blocks=3, tail_width=8))
+    m.merge_lora()
+    m = m.eval().requires_grad_(False)
+    with torch.no_grad():  # the tail is zero at start: give it weights so it matters
+        for p in m.dfrm.tail_module.parameters():
+            p.copy_(torch.randn_like(p) * 0.2)
+    r = TadmRescaler(m)
+    assert r._gd_halo == receptive_radius(m.dfrm.final_module) + receptive_radius(m.dfrm.tail_module)
+    z_lr = torch.randn(1, 3, 13, 11)
+    with torch.no_grad():
+        ref = m.dfrm.decode_features(z_lr)
+        tiled = tiled_conv(m.dfrm.decode_features, [(z_lr, 1)], (13, 11), 4, 2, r._gd_halo)
+        loose = tiled_conv(m.dfrm.decode_features, [(z_lr, 1)], (13, 11), 4, 2,
+                           receptive_radius(m.dfrm.final_module))
+    assert torch.allclose(tiled, ref, atol=1e-5)
+    assert not torch.allclose(loose, ref, atol=1e-5)  # the final module's halo alone is too small
 
 
 def test_group_norm_stats_of_one_whole_sample_are_exact(model) -> None:

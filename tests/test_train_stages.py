@@ -240,6 +240,27 @@ def test_init_from_another_architecture_is_a_one_line_error(workspace, tmp_path)
     assert not (tmp_path / "b" / "stage1").exists() or not any((tmp_path / "b" / "stage1").glob("ckpt-*"))
 
 
+def test_init_grows_a_dfrm_tail_that_starts_as_the_identity(workspace, tmp_path):
+    from tadmcodec.errors import ModelError
+
+    cfg = micro_cfg(workspace)
+    S.train_stage("stage1", cfg, tmp_path / "a", accelerator=_acc(), model=S.build_training_model(cfg),
+                  log=lambda m: None)
+    w = S.save_trainable(cfg, tmp_path / "a", tmp_path / "w.safetensors")
+    tailed = micro_cfg(workspace, model={"dfrm": {"tail_blocks": 1, "tail_width": 8}},
+                       stage1={"steps": 4, "max_minutes": 0})
+    model, logs = S.build_training_model(tailed), []
+    S.train_stage("stage1", tailed, tmp_path / "b", accelerator=_acc(), model=model, log=logs.append, init=w)
+    assert any("(dfrm.tail_module) are not in" in m and "identity" in m for m in logs)
+    plain = S.build_training_model(cfg)
+    S.load_checkpoint_state(plain, S.read_trainable(w), w)
+    z_lr = torch.randn(1, 3, 2, 3)
+    with torch.no_grad():
+        assert torch.equal(model.dfrm.decode_features(z_lr), plain.dfrm.decode_features(z_lr))
+    with pytest.raises(ModelError, match="lacks"):  # only --init may leave a module out
+        S.load_checkpoint_state(S.build_training_model(tailed), S.read_trainable(w), w)
+
+
 def test_export_round_trip(workspace, tmp_path):
     from tadmcodec.tadm.loader import load_model_dir
     from tadmcodec.tadm.pipeline import TadmRescaler

@@ -9,7 +9,8 @@ the scaled latent by 0.18215 first). Images and y are in [-1, 1].
 
 Module attribute names and Sequential indices follow the official code
 (`down_module`, `latent_module`, `fusing_module`, `final_module`, `inv_module`)
-so its checkpoints map key for key; widths and depths are configurable.
+so its checkpoints map key for key; widths and depths are configurable. The optional
+`tail_module` (config `tail_blocks`, 0 = absent, as in the official code) is ours.
 """
 
 from __future__ import annotations
@@ -85,6 +86,18 @@ class DFRM(nn.Module):
                       nn.PixelShuffle(2), ConvBlock(w // 16, lat)]
         self.final_module = nn.Sequential(*final)
 
+        # (4b) optional tail at the latent size, residual with a zero-initialised last conv:
+        # it starts as the identity, so weights trained without it load unchanged
+        if cfg.tail_blocks:
+            last = nn.Conv2d(cfg.tail_width, lat, 3, 1, 1)
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+            self.tail_module = nn.Sequential(
+                ConvBlock(lat, cfg.tail_width), *[Resblock(cfg.tail_width) for _ in range(cfg.tail_blocks)], last
+            )
+        else:
+            self.tail_module = None
+
         # (5) F: invertible map between z_lr and the LR image
         self.inv_module = build_inv_module(
             cfg.inv_blocks, cfg.lr_channels, cfg.inv_split, cfg.inv_clamp, cfg.dense_width
@@ -106,7 +119,12 @@ class DFRM(nn.Module):
 
     def decode_features(self, z_lr: torch.Tensor) -> torch.Tensor:
         """Gd(z_lr) -> z^ (unscaled latent)."""
-        return self.final_module(z_lr)
+        z = self.final_module(z_lr)
+        return z if self.tail_module is None else z + self.tail_module(z)
+
+    def gd_modules(self) -> list[nn.Module]:
+        """The modules of Gd, in order (for its tiling halo)."""
+        return [self.final_module] + ([] if self.tail_module is None else [self.tail_module])
 
     def forward(self, image: torch.Tensor, latent: torch.Tensor) -> dict[str, torch.Tensor]:
         """Training pass with both chains of Eq. 6 and the straight-through quantiser.

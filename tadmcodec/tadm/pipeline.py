@@ -50,7 +50,7 @@ class TadmRescaler:
         # halos = receptive radius in LR pixels, so DFRM conv tiles are exact
         self._ge_halo = receptive_radius(dfrm.down_module) + receptive_radius(dfrm.latent_module) \
             + receptive_radius(dfrm.fusing_module)
-        self._gd_halo = receptive_radius(dfrm.final_module)
+        self._gd_halo = sum(receptive_radius(m) for m in dfrm.gd_modules())
 
     # ---------------------------------------------------------------- props
     @property

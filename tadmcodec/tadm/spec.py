@@ -68,6 +68,11 @@ class DfrmConfig:
     inv_split: int = 1  # channels of the first coupling half (official: 1 | 2)
     inv_clamp: float = 1.0
     dense_width: int = 32
+    # Not in the official code: residual blocks at the latent resolution after Gd's pixel
+    # shuffles (0 = none, as official). At x32 Gd's last conv sees only latent_width/16
+    # channels, too few to join the 4x4 latent blocks each LR pixel unfolds into.
+    tail_blocks: int = 0
+    tail_width: int = 32
 
 
 @dataclass(frozen=True)

@@ -50,13 +50,14 @@ MICRO_TPM = TpmConfig(width=8, blocks=1, mlp_hidden=16, mlp_layers=1)
 MICRO_REFINER = RefinerConfig(width=8, blocks=1, embed_dim=8)
 
 
-def micro_config(scale: int, name: str | None = None, tiling: TilingConfig | None = None, lora: bool = True):
+def micro_config(scale: int, name: str | None = None, tiling: TilingConfig | None = None, lora: bool = True,
+                 dfrm: DfrmConfig = MICRO_DFRM):
     """The TadmConfig of the micro test model."""
     from tadmcodec.tadm.loader import new_config
 
     return new_config(
         name or f"random-micro-x{scale}", scale, micro_vae_config(), micro_unet_config(),
-        dfrm=MICRO_DFRM, tpm=MICRO_TPM, refiner=MICRO_REFINER, text_len=8,
+        dfrm=dfrm, tpm=MICRO_TPM, refiner=MICRO_REFINER, text_len=8,
         lora_unet=LoraSpec(rank=2, alpha=4.0, targets=UNET_LORA_TARGETS, extra_modules=("conv_in",)) if lora else None,
         lora_vae=LoraSpec(rank=2, alpha=4.0, targets=VAE_LORA_TARGETS, adapter_name="vae_skip") if lora else None,
         tiling=tiling or TilingConfig(),

@@ -207,13 +207,24 @@ def checkpoint_state(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in state.items()}
 
 
-def load_checkpoint_state(model, state: dict[str, torch.Tensor], where: Path) -> None:
-    """Load `checkpoint_state` output back; every key must exist in the model."""
+# Modules that start as the identity: a file trained without them means the same model.
+IDENTITY_START = ("dfrm.tail_module.",)
+
+
+def load_checkpoint_state(model, state: dict[str, torch.Tensor], where: Path,
+                          allow_new: bool = False) -> list[str]:
+    """Load `checkpoint_state` output back; every key must exist in the model.
+
+    With `allow_new`, tensors of IDENTITY_START modules may be absent from `state` (they keep
+    their initialisation); the absent keys are returned so the caller can say so.
+    """
     own = model.state_dict()
     bad = [k for k in state if k not in own]
     if bad:
         raise ModelError(f"{where} does not match the config ({len(bad)} unknown tensors, e.g. {bad[0]})")
     missing = [k for k in checkpoint_state(model) if k not in state]
+    new = [k for k in missing if allow_new and k.startswith(IDENTITY_START)]
+    missing = [k for k in missing if k not in new]
     if missing:
         raise ModelError(f"{where} lacks {len(missing)} tensors, e.g. {missing[0]}")
     own_shapes = {k: tuple(v.shape) for k, v in own.items()}
@@ -223,6 +234,7 @@ def load_checkpoint_state(model, state: dict[str, torch.Tensor], where: Path) ->
         raise ModelError(f"{where} does not match the config: {k} is {tuple(state[k].shape)}, "
                          f"the model's is {own_shapes[k]} ({len(wrong)} tensors differ)")
     model.load_state_dict(state, strict=False)
+    return new
 
 
 def read_trainable(path: Path) -> dict[str, torch.Tensor]:
@@ -529,8 +541,12 @@ def _start_weights(model, run_dir: Path, stage: str, log: Callable[[str], None],
     """A stage starts from `init` if given, else from the final weights of the stage before it
     (if that stage ran)."""
     if init is not None:
-        load_checkpoint_state(model, read_trainable(init), init)
+        new = load_checkpoint_state(model, read_trainable(init), init, allow_new=True)
         log(f"[{stage}] starting from {init}")
+        if new:
+            modules = sorted(p.rstrip(".") for p in IDENTITY_START if any(k.startswith(p) for k in new))
+            log(f"[{stage}] {len(new)} tensors ({', '.join(modules)}) are not in {init}: "
+                "they start as the identity")
         return
     i = STAGES.index(stage)
     for prev in reversed(STAGES[:i]):
