@@ -50,6 +50,8 @@ class TadmRescaler:
         # halos = receptive radius in LR pixels, so DFRM conv tiles are exact
         self._ge_halo = receptive_radius(dfrm.down_module) + receptive_radius(dfrm.latent_module) \
             + receptive_radius(dfrm.fusing_module)
+        # (Gd's tail runs at the latent size, finer than the LR grid: counting its pixels as LR
+        # pixels over-covers it)
         self._gd_halo = sum(receptive_radius(m) for m in dfrm.gd_modules())
 
     # ---------------------------------------------------------------- props
