@@ -104,6 +104,23 @@ def test_stage1_decoded_l1_reaches_the_dfrm_only(workspace, tmp_path):
     assert any(not torch.equal(w0[k], w1[k]) for k in w0)
 
 
+def test_stage3_mse_weight_adds_the_decoded_squared_error(workspace, tmp_path):
+    """mse_weight puts the decoded image's mean squared error into the stage-3 loss beside its L1,
+    and so changes where one step takes the weights."""
+    def one_step(mse: float, run: Path):
+        cfg = micro_cfg(workspace, stage3={"steps": 1, "mse_weight": mse})
+        model = S.build_training_model(cfg)
+        result = S.train_stage("stage3", cfg, run, accelerator=_acc(), model=model, log=lambda m: None)
+        return result, model.dfrm.state_dict()
+
+    plain, w0 = one_step(0.0, tmp_path / "a")
+    with_mse, w1 = one_step(10.0, tmp_path / "b")
+    assert "mse" not in plain and 0 < with_mse["mse"] < 4
+    expected = with_mse["l1"] + 10.0 * with_mse["mse"] + with_mse["rec"] + with_mse["gui"]
+    assert with_mse["loss"] == pytest.approx(expected, rel=1e-5)
+    assert any(not torch.equal(w0[k], w1[k]) for k in w0)
+
+
 def test_stage2_trains_only_lora_tpm_refiner(workspace, tmp_path):
     cfg = micro_cfg(workspace)
     model = S.build_training_model(cfg)

@@ -75,19 +75,20 @@ DEFAULTS: dict[str, Any] = {
     # Supplement section 1: 200K / 50K / 10K iterations; Adam 2e-4 halved every 50K;
     # AdamW 3e-4 halved every 15K; 1e-5.
     # pix_weight (0 in the paper): L1 of the frozen VAE decoder's image of Gd(F^-1(Q(y))) on the
-    # first pix_samples crops of each batch (see `decoded_l1`).
+    # first pix_samples crops of each batch (see `decoded_l1`). mse_weight (0 in the paper): the
+    # squared error of the decoded image beside its L1 in stages 2-3, since PSNR is an MSE.
     "stage1": {"steps": 200000, "max_minutes": None, "batch_size": 8, "crop": 256,
                "optimizer": "adam", "lr": 2e-4, "schedule": "halve", "halve_every": 50000,
                "weight_decay": 0.0, "grad_clip": 1.0, "rec_weight": 1.0, "gui_weight": 1.0,
                "pix_weight": 0.0, "pix_samples": 2},
     "stage2": {"steps": 50000, "max_minutes": None, "batch_size": 4, "crop": 256,
                "optimizer": "adamw", "lr": 3e-4, "schedule": "halve", "halve_every": 15000,
-               "weight_decay": 0.01, "grad_clip": 1.0, "l1_weight": 1.0, "lpips_weight": 1.0,
-               "dists_weight": 1.0},
+               "weight_decay": 0.01, "grad_clip": 1.0, "l1_weight": 1.0, "mse_weight": 0.0,
+               "lpips_weight": 1.0, "dists_weight": 1.0},
     "stage3": {"steps": 10000, "max_minutes": None, "batch_size": 4, "crop": 256,
                "optimizer": "adamw", "lr": 1e-5, "schedule": "constant", "halve_every": 0,
                "weight_decay": 0.01, "grad_clip": 1.0, "rec_weight": 1.0, "gui_weight": 1.0,
-               "l1_weight": 1.0, "lpips_weight": 1.0, "dists_weight": 1.0},
+               "l1_weight": 1.0, "mse_weight": 0.0, "lpips_weight": 1.0, "dists_weight": 1.0},
 }
 
 
@@ -616,9 +617,13 @@ def train_stage(stage: str, cfg: dict[str, Any], run_dir: Path, resume: bool = F
         with autocast():
             z0, t = model.enhance(out["z_hat"])
             x_hat = model.decode_latent(z0)
-        l1 = (x_hat.float() - x).abs().mean()
+        err = x_hat.float() - x
+        l1 = err.abs().mean()
         loss = scfg["l1_weight"] * l1
         parts = {"l1": l1.item(), "t": t.detach().mean().item()}
+        if scfg["mse_weight"]:
+            mse = err.square().mean()
+            loss, parts["mse"] = loss + scfg["mse_weight"] * mse, mse.item()
         if perceptual is not None:
             with autocast():
                 p, pp = perceptual(x_hat.float(), x)
