@@ -137,6 +137,17 @@ def test_cpu_bf16_is_opt_in(fresh_accelerate_state) -> None:
     assert stage0._accelerator(cpu=True).mixed_precision == "no"
 
 
+def test_cpu_bf16_is_dropped_with_a_warning_only_where_the_cpu_would_emulate_it(monkeypatch) -> None:
+    said: list[str] = []
+    monkeypatch.setattr(stage0, "cpu_has_bf16", lambda: False)
+    assert stage0.usable_cpu_bf16(True, on_cpu=True, warn=said.append) is False
+    assert len(said) == 1 and "float32" in said[0]
+    assert stage0.usable_cpu_bf16(True, on_cpu=False, warn=said.append) is True  # CUDA: not the CPU's call
+    assert stage0.usable_cpu_bf16(False, on_cpu=True, warn=said.append) is False and len(said) == 1
+    monkeypatch.setattr(stage0, "cpu_has_bf16", lambda: True)
+    assert stage0.usable_cpu_bf16(True, on_cpu=True, warn=said.append) is True and len(said) == 1
+
+
 def test_eval_uses_the_vae_checkpoint_before_an_export_exists(photos, tmp_path) -> None:
     from click.testing import CliRunner
 

@@ -368,6 +368,22 @@ def test_cli_trains_and_exports(workspace, tmp_path):
     assert not (tmp_path / "more" / "stage1").exists()
 
 
+@pytest.mark.parametrize("native", [False, True])
+def test_cli_drops_cpu_bf16_where_the_cpu_would_emulate_it(workspace, tmp_path, monkeypatch, native):
+    from tadmcodec.cli import main
+    from tadmcodec.train import stage0
+
+    monkeypatch.setattr(stage0, "cpu_has_bf16", lambda: native)
+    cfg = micro_cfg(workspace, cpu_bf16=True, stage1={"steps": 1})
+    path = tmp_path / "micro.json"
+    path.write_text(json.dumps(cfg))
+    res = CliRunner().invoke(main, ["train", "--config", str(path), "--run-dir", str(tmp_path / "run"),
+                                    "--stage", "1", "--cpu"])
+    assert res.exit_code == 0, res.output
+    assert ("no native bf16" in res.output) is not native
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["cpu_bf16"] is native
+
+
 def test_gpu_job_trains_both_models_and_continues_from_their_weights(workspace, tmp_path):
     """The GPU session's job, as a CPU smoke run on micro configs: two models side by side, their
     small weight files, and a second call that starts from them (0-minute stages train nothing)."""
