@@ -129,16 +129,35 @@ def machine() -> dict:
                            if line.startswith("model name"))
     except (OSError, StopIteration):
         info["cpu"] = platform.processor()
+    info["simd"] = simd_level()
     return info
+
+
+def simd_level() -> str:
+    """The widest x86 vector extension (the lent VMs differ: AVX-512 with bf16 on some, AVX2 on others)."""
+    try:
+        flags = set(next(line.split(":", 1)[1].split() for line in open("/proc/cpuinfo")
+                         if line.startswith("flags")))
+    except (OSError, StopIteration):
+        return "?"
+    for flag, name in (("avx512_bf16", "AVX-512 BF16"), ("avx512f", "AVX-512"), ("avx2", "AVX2")):
+        if flag in flags:
+            return name
+    return "no AVX2"
+
+
+def run_key(r: dict) -> tuple:
+    """Rows of the same model, op and size from different CPUs are kept side by side."""
+    m = r.get("machine", {})
+    return (r["model"], r["device"], r["mode"], r["size"], m.get("cpu"), m.get("simd"))
 
 
 def write(results: list[dict], meta: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / "speed.json"
     old = json.loads(path.read_text())["runs"] if path.exists() else []
-    key = lambda r: (r["model"], r["device"], r["mode"], r["size"])  # noqa: E731
-    merged = {key(r): r for r in old}
-    merged.update({key(r): {**r, "machine": meta} for r in results})
+    merged = {run_key(r): r for r in old}
+    merged.update({run_key(r): r for r in ({**r, "machine": meta} for r in results)})
     runs = sorted(merged.values(), key=lambda r: (r["model"], r["device"], r["mode"], size_wh(r["size"])))
     path.write_text(json.dumps({"runs": runs}, indent=1) + "\n")
     lines = ["# Speed and memory", "",
@@ -153,7 +172,8 @@ def write(results: list[dict], meta: dict) -> None:
                          " | | | | |")
             continue
         m = r.get("machine", {})
-        where = f"{m.get('cpu', '?')} ({m.get('cpu_count', '?')} cores)" + (f", {r['gpu']}" if "gpu" in r else "")
+        simd = f", {m['simd']}" if m.get("simd") else ""
+        where = f"{m.get('cpu', '?')}{simd} ({m.get('cpu_count', '?')} cores)" + (f", {r['gpu']}" if "gpu" in r else "")
         where += f"; {m['note']}" if m.get("note") else ""
         gpu = f"{r['peak_gpu_mb']:.0f}" if "peak_gpu_mb" in r else "-"
         lines.append(
