@@ -32,3 +32,11 @@ def test_rows_from_another_cpu_are_kept_and_the_same_cpu_is_replaced(tmp_path, m
 
 def test_simd_level_names_a_known_extension() -> None:
     assert speed.simd_level() in ("AVX-512 BF16", "AVX-512", "AVX2", "no AVX2", "?")
+
+
+def test_repeated_keeps_the_median_run_and_lists_every_time() -> None:
+    times = iter([3.4, 2.9, 3.1])
+    r = speed.repeated(3, lambda: {"seconds": next(times), "load_s": 1.0})
+    assert r["seconds"] == 3.1 and r["seconds_all"] == [3.4, 2.9, 3.1]
+    assert speed.repeated(2, lambda: {"error": "boom"}) == {"error": "boom"}
+    assert "seconds_all" not in speed.repeated(1, lambda: {"seconds": 1.0})

@@ -299,6 +299,7 @@ def test_import_maps_every_tensor(kit: Kit, tmp_path: Path) -> None:
     assert cfg["lora_unet"]["rank"] == RANK_UNET and cfg["lora_vae"]["adapter_name"] == "vae_skip"
     assert cfg["backbone"]["vae_env"] == "TADM_SD_VAE_DIR" and cfg["text_len"] == 77
     assert cfg["tiling"]["vae_decode_untiled_area"] == 0  # SD's VAE: tile anything over one tile
+    assert cfg["tiling"]["vae_encode_untiled_area"] == 0
     assert not list(tmp_path.glob(".*importing*"))
     assert all((p.stat().st_mode & 0o777) == 0o666 & ~_umask() for p in out.iterdir())
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from tadmcodec import registry
@@ -90,6 +91,20 @@ def test_same_input_same_bytes(rescaler: TadmRescaler, x16: Path) -> None:
     assert np.array_equal(again.downscale(img, 16), lr)
     assert np.array_equal(again.upscale(lr, 16, (96, 64)), out)
     assert np.array_equal(rescaler.upscale(lr, 16, (96, 64)), out)
+
+
+def test_channels_last_is_on_for_the_cpu_and_changes_pixels_by_a_level_at_most(rescaler: TadmRescaler) -> None:
+    assert rescaler.channels_last
+    assert rescaler.model.vae.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    img = photo(64, 96, seed=5)
+    lr = rescaler.downscale(img, 16)
+    out = rescaler.upscale(lr, 16, (96, 64)).astype(int)
+    rescaler.enable_channels_last(False)
+    try:
+        assert not rescaler.model.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+        assert np.abs(rescaler.upscale(lr, 16, (96, 64)).astype(int) - out).max() <= 1
+    finally:
+        rescaler.enable_channels_last()
 
 
 def test_tiling_switch_is_invisible_when_one_tile_fits(rescaler: TadmRescaler) -> None:

@@ -183,6 +183,23 @@ def test_vae_encode_tiles(model) -> None:
     assert (tiled - ref).abs().mean() < 0.05 * ref.std()
 
 
+def test_vae_encode_untiled_area(model) -> None:
+    """An image over one tile but within encode_untiled_area (latent cells) encodes whole, exactly."""
+    g = torch.Generator().manual_seed(4)
+    raw = F.interpolate(torch.rand(1, 3, 8, 8, generator=g) * 255, size=(192, 192), mode="bicubic")
+    raw = raw.clamp(0, 255).to(torch.uint8)
+
+    def prep(x):
+        return x.float() / 127.5 - 1
+
+    with torch.no_grad():
+        ref = model.encode_latent(prep(raw))
+        whole = _tiler(model, encode_tile=64, encode_halo=32, encode_untiled_area=24 * 24).encode(raw, prep)
+        tiled = _tiler(model, encode_tile=64, encode_halo=32, encode_untiled_area=24 * 24 - 1).encode(raw, prep)
+    assert torch.equal(whole, ref)
+    assert not torch.equal(tiled, ref)
+
+
 def test_vae_decode_untiled_area(model) -> None:
     """A latent over one tile but within decode_untiled_area decodes whole, exactly as untiled."""
     z = smooth((1, 4, 40, 40))

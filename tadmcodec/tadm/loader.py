@@ -292,7 +292,10 @@ def load_tadm(spec: "ModelSpec", device: str = "auto", precision: str = "auto", 
     if spec.scale is not None and model.config.scale != spec.scale:
         raise ModelError(f"{folder / 'model.json'} is a x{model.config.scale} model, "
                          f"but {spec.name} is x{spec.scale}")
-    return TadmRescaler(model, name=spec.name)
+    rescaler = TadmRescaler(model, name=spec.name)
+    if dev.type == "cpu":
+        rescaler.enable_channels_last()
+    return rescaler
 
 
 # ------------------------------------------------------------------- save

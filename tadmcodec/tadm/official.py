@@ -341,8 +341,8 @@ def build_config(scale: int, backbone: S.BackboneSpec, ckpt: TadmCheckpoint, sch
         name=f"tadm-sd21-x{scale}", scale=scale, backbone=backbone,
         dfrm=DfrmConfig(), tpm=TpmConfig(input_scaled=tpm_input_scaled), refiner=RefinerConfig(),
         scheduler=scheduler, t0=50, lora_unet=ckpt.unet_lora, lora_vae=ckpt.vae_lora, text_len=text_len,
-        # SD's VAE decoder needs several GB for a whole 1-MP latent: tile anything over one tile.
-        tiling=TilingConfig(vae_decode_untiled_area=0),
+        # SD's VAE needs several GB for a whole 1-MP latent: tile anything over one tile.
+        tiling=TilingConfig(vae_decode_untiled_area=0, vae_encode_untiled_area=0),
     )
     return TadmConfig.from_dict(cfg.to_dict(), where="imported model.json")  # normalise and validate
 

@@ -38,11 +38,12 @@ class TadmRescaler:
         self.scales = (model.config.scale,)
         self.latent_tiling = True
         self.vae_tiling = True
+        self.channels_last = False
         t = model.config.tiling
         self._vae = VaeTiler(
             model.vae, model.encode_latent, model.decode_latent, factor=LATENT_FACTOR,
             decode_tile=t.vae_decode_tile, decode_halo=t.vae_decode_halo,
-            decode_untiled_area=t.vae_decode_untiled_area,
+            decode_untiled_area=t.vae_decode_untiled_area, encode_untiled_area=t.vae_encode_untiled_area,
             encode_tile=t.vae_encode_tile, encode_halo=t.vae_encode_halo,
             blend=t.vae_blend, stats_grid=t.stats_grid,
         )
@@ -67,6 +68,19 @@ class TadmRescaler:
     def enable_tiling(self, latent: bool = True, vae: bool = True) -> None:
         """Tiled inference (the default): Algorithm 1 for the UNet, tiled VAE and DFRM."""
         self.latent_tiling, self.vae_tiling = latent, vae
+
+    def enable_channels_last(self, on: bool = True) -> None:
+        """Keep the VAE and UNet weights (hence their activations) channels-last, or back to NCHW.
+
+        Why: oneDNN's CPU convolutions run faster on NHWC; on the 2-core AVX2 VM a 768×512 x16
+        decode with tiny took 2.6 s instead of 3.2 s. Decoded pixels may move by 1 level (another
+        convolution algorithm), so a process decodes the same bytes only with the same setting;
+        `load_tadm` turns it on for the CPU.
+        """
+        fmt = torch.channels_last if on else torch.contiguous_format
+        for net in (self.model.vae, self.model.unet):
+            net.to(memory_format=fmt)
+        self.channels_last = on
 
     def disable_tiling(self) -> None:
         """Run every stage on the whole image (more memory; one time-step for the whole image)."""

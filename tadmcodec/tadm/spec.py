@@ -131,6 +131,7 @@ class TilingConfig:
     vae_decode_untiled_area: int = 128 * 128  # latent px: latents up to this area (1 MP) decode whole
     vae_encode_tile: int = 512  # image px per encoder tile (core)
     vae_encode_halo: int = 64
+    vae_encode_untiled_area: int = 128 * 128  # latent px: images up to this area (1 MP) encode whole
     vae_blend: float = 0.5  # fraction of the halo used for the feathered seam
     stats_grid: int = 3  # grid x grid sample tiles estimate the shared GroupNorm statistics
     dfrm_tile: int = 128  # LR px per DFRM conv tile (exact: halo = receptive field)
@@ -216,7 +217,7 @@ class TadmConfig:
         if t.vae_encode_tile % 8 or t.vae_encode_halo % 8:
             raise bad("tiling: vae_encode_tile and vae_encode_halo must be multiples of 8")
         if min(t.tile_batch, t.vae_decode_tile, t.vae_encode_tile, t.stats_grid, t.dfrm_tile) < 1 \
-                or t.vae_decode_untiled_area < 0:
+                or min(t.vae_decode_untiled_area, t.vae_encode_untiled_area) < 0:
             raise bad("tiling: sizes must be positive")
         if not 0.0 <= t.vae_blend <= 1.0:
             raise bad("tiling: vae_blend must be in [0, 1]")

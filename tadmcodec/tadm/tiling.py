@@ -283,10 +283,11 @@ class VaeTiler:
                  decode_fn: Callable[[torch.Tensor], torch.Tensor], *, factor: int = 8,
                  decode_tile: int = 64, decode_halo: int = 16, encode_tile: int = 512,
                  encode_halo: int = 64, blend: float = 0.5, stats_grid: int = 3,
-                 decode_untiled_area: int = 0) -> None:
+                 decode_untiled_area: int = 0, encode_untiled_area: int = 0) -> None:
         self.module, self.encode_fn, self.decode_fn, self.f = module, encode_fn, decode_fn, factor
         self.dec_core, self.dec_halo = decode_tile, decode_halo
         self.dec_untiled_area = decode_untiled_area  # latent cells; 0: only what fits one tile
+        self.enc_untiled_area = encode_untiled_area  # latent cells of the image's latent, likewise
         self.enc_core, self.enc_halo = encode_tile // factor, encode_halo // factor  # in latent cells
         self.blend, self.grid = blend, stats_grid
 
@@ -313,7 +314,7 @@ class VaeTiler:
         f = self.f
         h, w = image.shape[-2] // f, image.shape[-1] // f
         core, halo = self.enc_core, self.enc_halo
-        if h <= core + 2 * halo and w <= core + 2 * halo:
+        if (h <= core + 2 * halo and w <= core + 2 * halo) or h * w <= self.enc_untiled_area:
             return self.encode_fn(prep(image)).float()
         blend = int(halo * self.blend)
         rows, cols = _axis_tiles(h, core, halo, blend), _axis_tiles(w, core, halo, blend)
