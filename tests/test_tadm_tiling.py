@@ -166,14 +166,18 @@ def test_vae_decode_tiles_cannot_be_told_apart(model) -> None:
     assert max(jumps[s] for s in seams) <= 3 * jumps.mean() + 0.5  # no seam stands out
 
 
-def test_vae_encode_tiles(model) -> None:
-    g = torch.Generator().manual_seed(3)
+def _smooth_photo(seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
     raw = F.interpolate(torch.rand(1, 3, 8, 8, generator=g) * 255, size=(192, 192), mode="bicubic")
-    raw = raw.clamp(0, 255).to(torch.uint8)
+    return raw.clamp(0, 255).to(torch.uint8)
 
-    def prep(x):
-        return x.float() / 127.5 - 1
 
+def prep(x: torch.Tensor) -> torch.Tensor:
+    return x.float() / 127.5 - 1
+
+
+def test_vae_encode_tiles(model) -> None:
+    raw = _smooth_photo(3)
     with torch.no_grad():
         ref = model.encode_latent(prep(raw))
         one = _tiler(model, encode_tile=128, encode_halo=32).encode(raw, prep)
@@ -185,13 +189,7 @@ def test_vae_encode_tiles(model) -> None:
 
 def test_vae_encode_untiled_area(model) -> None:
     """An image over one tile but within encode_untiled_area (latent cells) encodes whole, exactly."""
-    g = torch.Generator().manual_seed(4)
-    raw = F.interpolate(torch.rand(1, 3, 8, 8, generator=g) * 255, size=(192, 192), mode="bicubic")
-    raw = raw.clamp(0, 255).to(torch.uint8)
-
-    def prep(x):
-        return x.float() / 127.5 - 1
-
+    raw = _smooth_photo(4)
     with torch.no_grad():
         ref = model.encode_latent(prep(raw))
         whole = _tiler(model, encode_tile=64, encode_halo=32, encode_untiled_area=24 * 24).encode(raw, prep)
