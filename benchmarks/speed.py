@@ -169,7 +169,9 @@ def write(results: list[dict], meta: dict) -> None:
     path = RESULTS / "speed.json"
     old = json.loads(path.read_text())["runs"] if path.exists() else []
     merged = {run_key(r): r for r in old}
-    merged.update({run_key(r): r for r in ({**r, "machine": meta} for r in results)})
+    for r in results:
+        r = {**r, "machine": meta}
+        merged[run_key(r)] = r
     runs = sorted(merged.values(), key=lambda r: (r["model"], r["device"], r["mode"], size_wh(r["size"])))
     path.write_text(json.dumps({"runs": runs}, indent=1) + "\n")
     lines = ["# Speed and memory", "",

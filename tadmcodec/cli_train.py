@@ -67,8 +67,6 @@ def _train(config_path: str, stage: str, resume: bool, run_dir: str | None, max_
            steps: int | None, train_dir: str | None, backbone_dir: str | None, export_dir: str | None,
            weights_file: str | None, fp32: bool, save_weights: str | None, init_file: str | None,
            cpu: bool) -> None:
-    import torch
-
     from tadmcodec.train import stage0
     from tadmcodec.train import stages as S
 
@@ -107,8 +105,7 @@ def _train(config_path: str, stage: str, resume: bool, run_dir: str | None, max_
     init = Path(init_file) if init_file else None
     if init is not None:
         S.read_trainable(init)  # a bad file fails here, before any folder is made
-    on_cpu = cpu or not torch.cuda.is_available()
-    cfg["cpu_bf16"] = stage0.usable_cpu_bf16(bool(cfg["cpu_bf16"]), on_cpu, lambda m: click.echo(m, err=True))
+    cfg["cpu_bf16"] = stage0.usable_cpu_bf16(bool(cfg["cpu_bf16"]), stage0.trains_on_cpu(cpu))
     acc = S._accelerator(cpu)
     rdir.mkdir(parents=True, exist_ok=True)
     if acc.is_main_process:
@@ -125,8 +122,6 @@ def _train(config_path: str, stage: str, resume: bool, run_dir: str | None, max_
 def _stage0(config_path: str, stage: str, resume: bool, run_dir: str | None, max_minutes: float | None,
             steps: int | None, train_dir: str | None, cpu: bool) -> None:
     """Stage 0a/0b through the backbone trainer, with the stage-0 config the model config names."""
-    import torch
-
     from tadmcodec.train import stage0
 
     try:
@@ -146,9 +141,8 @@ def _stage0(config_path: str, stage: str, resume: bool, run_dir: str | None, max
         over["data"] = {"train_dir": train_dir}
     cfg = stage0.load_config(s0_path, over)
     rdir = Path(run_dir or Path("runs") / cfg["name"])
-    on_cpu = cpu or not torch.cuda.is_available()
-    acc = stage0._accelerator(cpu, stage0.usable_cpu_bf16(bool(cfg.get("cpu_bf16", False)), on_cpu,
-                                                          lambda m: click.echo(m, err=True)))
+    acc = stage0._accelerator(cpu, stage0.usable_cpu_bf16(bool(cfg.get("cpu_bf16", False)),
+                                                          stage0.trains_on_cpu(cpu)))
     rdir.mkdir(parents=True, exist_ok=True)
     fn = stage0.train_vae if sub == "vae" else stage0.train_unet
     acc.print(f"[{sub}] result: {fn(cfg, rdir, resume, acc)}")

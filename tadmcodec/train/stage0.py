@@ -338,14 +338,19 @@ def cpu_has_bf16() -> bool:
         return False
 
 
-def usable_cpu_bf16(requested: bool, on_cpu: bool, warn: Callable[[str], None]) -> bool:
+def trains_on_cpu(cpu: bool) -> bool:
+    """Where training runs: the CPU when asked (``--cpu``) or when there is no GPU."""
+    return cpu or not torch.cuda.is_available()
+
+
+def usable_cpu_bf16(requested: bool, on_cpu: bool, warn: Callable[[str], None] | None = None) -> bool:
     """The config's ``cpu_bf16``, dropped with a warning where this CPU would emulate bf16.
 
     Why: on an AVX2-only CPU (the 2-core VM of 23 Nov) a stage-0 VAE step of 8×128² took 91 s under
     bf16 autocast and 3.1 s in float32, so a config written for an AVX-512 machine would crawl.
     """
     if requested and on_cpu and not cpu_has_bf16():
-        warn("warning: cpu_bf16 is set, but this CPU has no native bf16 (oneDNN needs AVX-512): "
+        (warn or (lambda m: click.echo(m, err=True)))("warning: cpu_bf16 is set, but this CPU has no native bf16 (oneDNN needs AVX-512): "
              "training in float32, which is many times faster here")
         return False
     return requested
@@ -359,7 +364,7 @@ def _accelerator(cpu: bool = False, cpu_bf16: bool = False):
     """
     from accelerate import Accelerator
 
-    use_cuda = torch.cuda.is_available() and not cpu
+    use_cuda = not trains_on_cpu(cpu)
     if use_cuda:
         torch.backends.cudnn.benchmark = True  # fixed crop sizes: autotuning pays off at once
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -643,9 +648,7 @@ def main(config_path, stage, resume, run_dir, out_dir, train_dir, vae_steps, une
                                                 for m in names]))
             return
         if stage in ("all", "vae", "unet"):
-            on_cpu = cpu or not torch.cuda.is_available()
-            acc = _accelerator(cpu, usable_cpu_bf16(bool(cfg["cpu_bf16"]), on_cpu,
-                                                    lambda m: click.echo(m, err=True)))
+            acc = _accelerator(cpu, usable_cpu_bf16(bool(cfg["cpu_bf16"]), trains_on_cpu(cpu)))
             rdir.mkdir(parents=True, exist_ok=True)
             if acc.is_main_process:
                 (rdir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")

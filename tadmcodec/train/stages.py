@@ -50,7 +50,7 @@ from tadmcodec.tadm.spec import (
 )
 from tadmcodec.train.data import PhotoCrops, list_photos, load_rgb, to_model_range
 from tadmcodec.train.stage0 import (
-    _load, merge_config, save_checkpoint, _set_rng_state, latest_checkpoint, seed_everything,
+    _load, merge_config, save_checkpoint, _set_rng_state, latest_checkpoint, seed_everything, trains_on_cpu,
 )
 
 STAGES = ("stage1", "stage2", "stage3")
@@ -408,7 +408,7 @@ def lr_factor(scfg: dict[str, Any], step: int, elapsed_s: float) -> float:
 def _accelerator(cpu: bool):
     from accelerate import Accelerator
 
-    use_cuda = torch.cuda.is_available() and not cpu
+    use_cuda = not trains_on_cpu(cpu)
     if use_cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
