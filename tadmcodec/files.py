@@ -9,8 +9,9 @@ renamed into place: an error or Ctrl-C never leaves a partial output.
 from __future__ import annotations
 
 import os
+import secrets
+import stat
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,8 +112,31 @@ def read_source(source: str) -> bytes:
         raise TadmError(f"cannot read: {exc.strerror or exc}") from None
 
 
+def _create_temp(path: Path) -> tuple[int, str]:
+    """Create a new, empty temporary file beside `path`; return (fd, its name).
+
+    The file is opened with mode 0o666 and O_EXCL, as a shell redirect opens a
+    new file, so the kernel applies the process umask (and any default ACL of
+    the folder): 0644 under umask 022, 0600 under 077, like `cp` or `>`. tempfile.mkstemp
+    would force 0600 instead, and reading the umask to chmod afterwards means
+    briefly changing it for every thread of the process.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(4)}.part")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {path}")
+
+
 def write_target(target: str, data: bytes, force: bool) -> None:
-    """Write atomically: temp file beside the target, fsync, rename. Refuses to clobber without force."""
+    """Write atomically: temp file beside the target, fsync, rename. Refuses to clobber without force.
+
+    A new file gets the mode the umask gives (see `_create_temp`); a file that is
+    overwritten (-f) keeps its permission bits, as it would with `cp` or `>`.
+    """
     if target == STDIO:
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
@@ -124,13 +148,19 @@ def write_target(target: str, data: bytes, force: bool) -> None:
         raise TadmError(f"{target} is a directory")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+        fd, tmp = _create_temp(path)
     except OSError as exc:
         raise TadmError(f"cannot write {target}: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
+            try:
+                old_mode = stat.S_IMODE(os.stat(path).st_mode)
+            except FileNotFoundError:
+                pass
+            else:
+                os.chmod(tmp, old_mode)
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as exc:  # includes KeyboardInterrupt: never leave the .part behind

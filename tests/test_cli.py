@@ -139,6 +139,27 @@ def test_overwrite_protection(tmp_path: Path) -> None:
     assert src.read_bytes() == before
 
 
+@pytest.mark.skipif(os.name != "posix", reason="file modes and umask are POSIX")
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)], ids=["022", "077", "002"])
+def test_outputs_honour_the_umask(tmp_path: Path, umask: int, mode: int) -> None:
+    """New outputs get 0666 & ~umask, as `cp` and `>` give; an overwritten file (-f) keeps its mode."""
+
+    def tadm(*args: str) -> None:
+        p = subprocess.run([*TADM, *args], capture_output=True, timeout=120, umask=umask)
+        assert p.returncode == 0, p.stderr
+
+    src = save(tmp_path / "a.png", photo())
+    tadm("encode", str(src), "-m", "bicubic")  # next to the input
+    tadm("encode", str(src), "-m", "bicubic", "-d", str(tmp_path / "enc"))  # a new folder too
+    tadm("decode", str(tmp_path / "a.tadm"), "-o", str(tmp_path / "b.png"))
+    for out in (tmp_path / "a.tadm", tmp_path / "enc" / "a.tadm", tmp_path / "b.png"):
+        assert oct(out.stat().st_mode & 0o777) == oct(mode), out
+    (tmp_path / "b.png").chmod(0o640)
+    tadm("decode", str(tmp_path / "a.tadm"), "-o", str(tmp_path / "b.png"), "-f")
+    assert oct((tmp_path / "b.png").stat().st_mode & 0o777) == oct(0o640)
+    assert not list(tmp_path.rglob("*.part"))
+
+
 def test_usage_errors_exit_2(tmp_path: Path) -> None:
     a = save(tmp_path / "a.png", photo())
     b = save(tmp_path / "b.png", photo(seed=3))
