@@ -34,19 +34,22 @@ class Codec:
     """Encoder/decoder bound to a device and precision, with a cache of loaded models.
 
     `model_dirs` maps model names to weight folders that replace the registry's
-    (the CLI's --model-dir). Thread-safe: batch jobs share one instance.
+    (the CLI's --model-dir). `models` is the registry to resolve names and file
+    numbers in (the package's unless a test plays another release). Thread-safe:
+    batch jobs share one instance.
     """
 
     device: str = "auto"
     precision: str = "auto"
     model_dirs: dict[str, Path] = field(default_factory=dict)
+    models: registry.Registry = field(default_factory=lambda: registry.REGISTRY)
     _loaded: dict[str, Rescaler] = field(default_factory=dict, repr=False)
     _digests: dict[str, bytes] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def spec(self, name: str) -> ModelSpec:
         """The registry spec, with its weights folder overridden if the user gave one."""
-        spec = registry.get(name)
+        spec = self.models.get(name)
         if name in self.model_dirs:
             spec = registry.with_weights_dir(spec, self.model_dirs[name])
         return spec
@@ -118,7 +121,7 @@ class Codec:
 
     def model_for(self, header: container.TadmFile) -> ModelSpec:
         """The model a file needs, checked against the file's digest."""
-        spec = registry.by_number(header.model_number)
+        spec = self.models.by_number(header.model_number)
         if spec is None:
             raise ModelError(
                 f"file was made with model number {header.model_number}, unknown to this version of tadmcodec"
@@ -129,6 +132,12 @@ class Codec:
             raise ModelError(f"file needs model {spec.name}, which is not available here: {why}")
         here = self.digest(spec)
         if here != header.model_digest:
+            if spec.status == "experimental" and spec.name not in self.model_dirs:
+                raise ModelError(
+                    f"file was made with other weights of the experimental model {spec.name} (digest "
+                    f"{header.model_digest.hex()}, here {here.hex()}); experimental weights change between "
+                    "releases: decode it with the tadmcodec release that made it"
+                )
             raise ModelError(
                 f"file was made with a different {spec.name} (digest {header.model_digest.hex()}, "
                 f"here {here.hex()}): decode it with the model that made it"

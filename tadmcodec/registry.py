@@ -1,9 +1,18 @@
-"""The one registry of named models.
+"""The one registry of named models, and the rule that keeps users' files decodable.
 
 Every model is a typed spec: a name users type, a compact number that `.tadm`
 files store, its scale, and where its weights live. A file also records a digest
 of the model's weights and config, and decoding with a model whose digest
 differs is refused (naming the model needed).
+
+The release rule (docs/models.md): a *stable* model (one that passed the default
+bar) is pinned to its weights digest, and its number never changes meaning;
+better weights ship under a new number, and the superseded weights stay in the
+package under `<name>-n<number>` so that every file made by an earlier release
+still decodes. An *experimental* model's weights may change between releases, so
+its older files may be refused; it runs only when asked for by name and never
+becomes the default. `check_release_rules` enforces this, and a test runs it on
+the shipped registry.
 
 This module imports no torch: `tadm info` and `tadm models` stay instant. The
 TADM loader (`tadmcodec.tadm.loader`) is imported only when a TADM model runs.
@@ -25,6 +34,13 @@ DIGEST_SIZE = 4
 """Bytes of the SHA-256 of (config, weights) stored in a `.tadm` file."""
 
 PACKAGE_WEIGHTS = Path(__file__).resolve().parent / "weights"
+RELEASE_FILE = "release.json"
+"""Beside a packaged model's weights: what was measured (status notes, bar results, steps). Not hashed."""
+
+STATUSES = ("builtin", "stable", "retired", "experimental", "external")
+"""builtin: bicubic. stable: passed the default bar, digest pinned. retired: a stable model's
+superseded weights, kept so that old files decode. experimental: not yet past the default bar.
+external: weights the user provides (sd21 imports)."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +60,34 @@ class ModelSpec:
     description: str
     needs: str = ""
     weights_dir: Callable[[], Path | None] = field(default=lambda: None, compare=False)
+    status: str = "external"  # one of STATUSES
+    pinned_digest: str = ""  # hex; required for stable and retired models
+    superseded_by: int | None = None  # retired: the number of the model that replaced it
+
+    @property
+    def default_eligible(self) -> bool:
+        """Only a stable model may be the default; experimental ones run only when named."""
+        return self.status == "stable"
+
+    def release_notes(self) -> dict:
+        """The packaged `release.json` beside the weights ({} when absent or unreadable)."""
+        d = self.weights_dir()
+        if d is None:
+            return {}
+        try:
+            notes = json.loads((d / RELEASE_FILE).read_text())
+        except (OSError, ValueError):
+            return {}
+        return notes if isinstance(notes, dict) else {}
+
+    def status_line(self) -> str:
+        """What `tadm models` says of the model's standing, in words."""
+        if self.status == "experimental":
+            fails = self.release_notes().get("fails")
+            return "experimental: " + (f"fails {fails}" if fails else "not yet measured against the default bar")
+        if self.status == "retired":
+            return f"retired: decodes files of earlier releases (superseded by model #{self.superseded_by})"
+        return self.status
 
     @property
     def scale(self) -> int | None:
@@ -114,24 +158,27 @@ _SPECS: tuple[ModelSpec, ...] = (
         kind="bicubic",
         scales=SCALES,
         description="antialiased bicubic down, bicubic up (baseline, no network)",
+        status="builtin",
     ),
     ModelSpec(
         name="tadm-tiny-x16",
         number=1,
         kind="tadm",
         scales=(16,),
-        description="small TADM trained by this project, 16x (ships in the package)",
-        needs="trained weights in the package (tadmcodec/weights/tadm-tiny-x16)",
+        description="small TADM trained by this project, 16x",
+        needs="trained weights, not in this release",
         weights_dir=_package_dir("tadm-tiny-x16"),
+        status="experimental",
     ),
     ModelSpec(
         name="tadm-tiny-x32",
         number=2,
         kind="tadm",
         scales=(32,),
-        description="small TADM trained by this project, 32x (ships in the package)",
-        needs="trained weights in the package (tadmcodec/weights/tadm-tiny-x32)",
+        description="small TADM trained by this project, 32x",
+        needs="trained weights, not in this release",
         weights_dir=_package_dir("tadm-tiny-x32"),
+        status="experimental",
     ),
     ModelSpec(
         name="tadm-sd21-x16",
@@ -140,8 +187,8 @@ _SPECS: tuple[ModelSpec, ...] = (
         scales=(16,),
         description="TADM on Stable Diffusion 2.1 (the paper's model), 16x",
         needs=(
-            "a model folder made by `tadm import-official` (--model-dir or TADM_SD21_X16) and a local "
-            "Stable Diffusion 2.1 diffusers folder (TADM_SD21_DIR)"
+            "a model folder made by `tadm import-official`, given with --model-dir or the environment "
+            "variable TADM_SD21_X16, and a local Stable Diffusion 2.1 diffusers folder (--sd-dir or TADM_SD21_DIR)"
         ),
         weights_dir=_env_dir("TADM_SD21_X16"),
     ),
@@ -152,38 +199,91 @@ _SPECS: tuple[ModelSpec, ...] = (
         scales=(32,),
         description="TADM on Stable Diffusion 2.1 (the paper's model), 32x",
         needs=(
-            "a model folder made by `tadm import-official` (--model-dir or TADM_SD21_X32) and a local "
-            "Stable Diffusion 2.1 diffusers folder (TADM_SD21_DIR)"
+            "a model folder made by `tadm import-official`, given with --model-dir or the environment "
+            "variable TADM_SD21_X32, and a local Stable Diffusion 2.1 diffusers folder (--sd-dir or TADM_SD21_DIR)"
         ),
         weights_dir=_env_dir("TADM_SD21_X32"),
     ),
 )
+"""Append only. To ship better weights of a stable model: move its folder to `<name>-n<number>`,
+mark its spec retired (same number and pin, `superseded_by`), and add a new spec under the old
+name with a number never used before (docs/models.md)."""
 
-MODELS: dict[str, ModelSpec] = {s.name: s for s in _SPECS}
-_BY_NUMBER: dict[int, ModelSpec] = {s.number: s for s in _SPECS}
+
+class Registry:
+    """Name and number look-ups over a tuple of specs, and the default choice.
+
+    The package has one (`REGISTRY`); tests build others to play an older and a newer release.
+    """
+
+    def __init__(self, specs: tuple[ModelSpec, ...]) -> None:
+        self.specs = specs
+        self.models: dict[str, ModelSpec] = {s.name: s for s in specs}
+        self.by_numbers: dict[int, ModelSpec] = {s.number: s for s in specs}
+
+    def get(self, name: str) -> ModelSpec:
+        try:
+            return self.models[name]
+        except KeyError:
+            raise ModelError(f"unknown model {name!r} (known: {', '.join(self.models)})") from None
+
+    def by_number(self, number: int) -> ModelSpec | None:
+        return self.by_numbers.get(number)
+
+    def default_model(self, scale: int | None = None) -> ModelSpec:
+        """The first stable, available model (at `scale`, if given); `bicubic` while none has passed.
+
+        Experimental models are never chosen: they run only when named.
+        """
+        for spec in self.specs:
+            if spec.default_eligible and (scale is None or scale in spec.scales) and spec.availability()[0]:
+                return spec
+        return self.models["bicubic"]
+
+
+def check_release_rules(reg: Registry) -> list[str]:
+    """What breaks the release rule in `reg` (empty when it holds).
+
+    Numbers and names unique; statuses known; stable and retired models pinned, their weights
+    present and matching the pin (so weights never change under a number); a retired model
+    names a successor that exists; an experimental model with weights says what it fails.
+    """
+    problems: list[str] = []
+    if len(reg.models) != len(reg.specs) or len(reg.by_numbers) != len(reg.specs):
+        problems.append("model names and numbers must be unique")
+    for spec in reg.specs:
+        if spec.status not in STATUSES:
+            problems.append(f"{spec.name}: unknown status {spec.status!r}")
+        if spec.status in ("stable", "retired"):
+            if not spec.pinned_digest:
+                problems.append(f"{spec.name}: a {spec.status} model needs a pinned digest")
+            elif not spec.availability()[0]:
+                problems.append(f"{spec.name}: {spec.status}, but its weights are missing: {spec.availability()[1]}")
+            elif spec.digest().hex() != spec.pinned_digest:
+                problems.append(f"{spec.name}: weights digest {spec.digest().hex()} differs from the pinned "
+                                f"{spec.pinned_digest}: ship changed weights under a new number")
+        if spec.status == "retired" and reg.by_number(spec.superseded_by or -1) is None:
+            problems.append(f"{spec.name}: retired without an existing successor")
+        if spec.status == "experimental" and spec.availability()[0] and not spec.release_notes().get("fails"):
+            problems.append(f"{spec.name}: experimental weights ship without {RELEASE_FILE} saying what they fail")
+    return problems
+
+
+REGISTRY = Registry(_SPECS)
+MODELS: dict[str, ModelSpec] = REGISTRY.models
 
 
 def get(name: str) -> ModelSpec:
-    try:
-        return MODELS[name]
-    except KeyError:
-        raise ModelError(f"unknown model {name!r} (known: {', '.join(MODELS)})") from None
+    return REGISTRY.get(name)
 
 
 def by_number(number: int) -> ModelSpec | None:
-    return _BY_NUMBER.get(number)
+    return REGISTRY.by_number(number)
 
 
 def default_model(scale: int | None = None) -> ModelSpec:
-    """The learned model for the scale if it is available here, else `bicubic`.
-
-    Without a scale: tadm-tiny-x16 when available, else bicubic.
-    """
-    wanted = f"tadm-tiny-x{scale or 16}"
-    spec = MODELS.get(wanted)
-    if spec is not None and spec.availability()[0]:
-        return spec
-    return MODELS["bicubic"]
+    """The package's default (see `Registry.default_model`)."""
+    return REGISTRY.default_model(scale)
 
 
 def with_weights_dir(spec: ModelSpec, path: str | os.PathLike) -> ModelSpec:

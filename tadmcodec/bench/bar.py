@@ -1,4 +1,4 @@
-"""The quality bar a learned model must clear before it ships (issue #6), checked per image.
+"""The two bars a learned model is measured against (issue #16), checked per image.
 
 For one image and one model at one scale:
 
@@ -8,14 +8,22 @@ For one image and one model at one scale:
   the comparison is exact per image rather than against a fixed grid;
 - the `bicubic` rescaler codes the image at the same scale.
 
-The model passes on an image when its LPIPS-Alex and its DISTS are each at least as good as the
-best any of those classic files reaches, both are better than bicubic's, and its PSNR is at
-least 0.5 dB above bicubic's. The same five comparisons are made on the means over the images
-(classic side: the mean of each image's best). LPIPS-VGG is reported, not judged.
+Two bars are judged on the same measurements:
+
+- **default bar** (a model may become the default at its scale): PSNR above bicubic's, LPIPS-Alex
+  and DISTS below bicubic's, on the means and on at least 90 % of the images (27 of 30);
+- **headline bar** (issue #6's, the product's claim): LPIPS-Alex and DISTS at least as good as the
+  best classic file within the bytes, and PSNR at least 0.5 dB above bicubic's, on every image and
+  on the means.
+
+The classic side of the means is the mean of each image's best. LPIPS-VGG is reported, not judged.
+The default bar also asks for a clean look at 100 % (no hatching, seams or colour shifts), which no
+metric here judges: `benchmarks/crops.py` makes the strips a person looks at.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -31,8 +39,32 @@ per candidate file would double the cost of a check)."""
 JUDGED: tuple[str, ...] = ("lpips_alex", "dists")
 """The metrics compared with the best classic file (lower is better)."""
 PSNR_MARGIN_DB = 0.5
-CRITERIA: tuple[str, ...] = ("lpips_vs_classic", "dists_vs_classic", "lpips_vs_bicubic", "dists_vs_bicubic",
-                             "psnr_vs_bicubic")
+"""The headline bar's PSNR lead over bicubic."""
+CRITERIA: tuple[str, ...] = ("psnr_vs_bicubic", "lpips_vs_bicubic", "dists_vs_bicubic",
+                             "lpips_vs_classic", "dists_vs_classic", "psnr_margin_vs_bicubic")
+
+
+@dataclass(frozen=True)
+class Bar:
+    """A set of criteria and the share of images that must meet each of them (the means always must)."""
+
+    name: str
+    criteria: tuple[str, ...]
+    min_share: float
+    rule: str
+
+    def needed(self, n_images: int) -> int:
+        """Images that must pass each criterion: 27 of 30 for a share of 0.9 (rounded up)."""
+        return math.ceil(self.min_share * n_images - 1e-9)
+
+
+BARS: dict[str, Bar] = {
+    "default": Bar("default", ("psnr_vs_bicubic", "lpips_vs_bicubic", "dists_vs_bicubic"), 0.9,
+                   "beats bicubic on PSNR, LPIPS-Alex and DISTS, on the means and on at least 90 % of the images"),
+    "headline": Bar("headline", ("lpips_vs_classic", "dists_vs_classic", "psnr_margin_vs_bicubic"), 1.0,
+                    "LPIPS-Alex and DISTS at least as good as the best classic file within the bytes and PSNR "
+                    f"{PSNR_MARGIN_DB} dB above bicubic, on every image and on the means"),
+}
 
 
 @dataclass
@@ -60,16 +92,17 @@ class ImageCheck:
 
 
 def judge(ours: dict[str, float], bicubic: dict[str, float], best_classic: dict[str, float | None]) -> dict[str, bool]:
-    """The five criteria. No classic file within the budget counts as beaten."""
+    """Every criterion of both bars. No classic file within the budget counts as beaten."""
     def at_most(value: float, bound: float | None) -> bool:
         return bound is None or value <= bound
 
     return {
-        "lpips_vs_classic": at_most(ours["lpips_alex"], best_classic["lpips_alex"]),
-        "dists_vs_classic": at_most(ours["dists"], best_classic["dists"]),
+        "psnr_vs_bicubic": ours["psnr"] > bicubic["psnr"],
         "lpips_vs_bicubic": ours["lpips_alex"] < bicubic["lpips_alex"],
         "dists_vs_bicubic": ours["dists"] < bicubic["dists"],
-        "psnr_vs_bicubic": ours["psnr"] >= bicubic["psnr"] + PSNR_MARGIN_DB,
+        "lpips_vs_classic": at_most(ours["lpips_alex"], best_classic["lpips_alex"]),
+        "dists_vs_classic": at_most(ours["dists"], best_classic["dists"]),
+        "psnr_margin_vs_bicubic": ours["psnr"] >= bicubic["psnr"] + PSNR_MARGIN_DB,
     }
 
 
@@ -117,6 +150,11 @@ def summary(checks: list[ImageCheck]) -> dict:
         # an image with no classic file in budget contributes its own value: it cannot fail there
         best[m] = mean([b.metrics[m] if (b := c.best(m)) else c.ours.metrics[m] for c in checks])
     on_means = judge(ours, bicubic, best)
+    bars = {}
+    for b in BARS.values():
+        need = b.needed(len(checks))
+        bars[b.name] = {"rule": b.rule, "needed": need,
+                        "passes": all(on_means[k] for k in b.criteria) and all(counts[k] >= need for k in b.criteria)}
     return {
         "images": len(checks),
         "bpp": mean([c.ours.bpp for c in checks]),
@@ -124,8 +162,19 @@ def summary(checks: list[ImageCheck]) -> dict:
         "mean": {"ours": ours, "bicubic": bicubic, "best_classic": best},
         "images_passing": counts,
         "means_pass": on_means,
-        "passes": all(on_means.values()) and all(n == len(checks) for n in counts.values()),
+        "bars": bars,
     }
+
+
+def failures(s: dict) -> dict[str, list[str]]:
+    """Per bar, what fails in words: the criteria short of images or failing on the means."""
+    out: dict[str, list[str]] = {}
+    for b in BARS.values():
+        need = s["bars"][b.name]["needed"]
+        out[b.name] = [f"{k} ({s['images_passing'][k]}/{s['images']} images, needs {need}"
+                       f"{'' if s['means_pass'][k] else '; fails on the means'})"
+                       for k in b.criteria if s["images_passing"][k] < need or not s["means_pass"][k]]
+    return out
 
 
 def to_json(checks: list[ImageCheck]) -> dict:
@@ -139,25 +188,31 @@ def markdown(checks: list[ImageCheck], title: str) -> str:
     """Per-image table (ours, bicubic, best classic per metric) and the verdicts."""
     s = summary(checks)
     yes = {True: "yes", False: "**no**"}
+    bars = s["bars"]
     lines = [f"# {title}", "",
              f"{s['images']} images; mean {s['bpp']:.4f} bpp (bicubic {s['bicubic_bpp']:.4f}). "
-             f"**Bar {'met' if s['passes'] else 'not met'}.**", "",
-             "| criterion | images passing | on the means |", "|---|---:|---|"]
-    for k in CRITERIA:
-        lines.append(f"| {k} | {s['images_passing'][k]}/{s['images']} | {yes[s['means_pass'][k]]} |")
+             f"**Default bar {'met' if bars['default']['passes'] else 'not met'}; headline bar "
+             f"{'met' if bars['headline']['passes'] else 'not met'}.**", ""]
+    for b in BARS.values():
+        lines += [f"{b.name.capitalize()} bar: {b.rule} (here {bars[b.name]['needed']} of {s['images']}).", "",
+                  "| criterion | images passing | on the means |", "|---|---:|---|"]
+        for k in b.criteria:
+            lines.append(f"| {k} | {s['images_passing'][k]}/{s['images']} | {yes[s['means_pass'][k]]} |")
+        lines.append("")
     m = s["mean"]
-    lines += ["", "| means | PSNR | LPIPS-Alex | LPIPS-VGG | DISTS |", "|---|---:|---:|---:|---:|",
+    lines += ["| means | PSNR | LPIPS-Alex | LPIPS-VGG | DISTS |", "|---|---:|---:|---:|---:|",
               "| ours | {psnr:.2f} | {lpips_alex:.4f} | {lpips_vgg:.4f} | {dists:.4f} |".format(**m["ours"]),
               "| bicubic | {psnr:.2f} | {lpips_alex:.4f} | {lpips_vgg:.4f} | {dists:.4f} |".format(**m["bicubic"]),
               f"| best classic within budget | | {m['best_classic']['lpips_alex']:.4f} | | {m['best_classic']['dists']:.4f} |",
               "", "| image | bpp | PSNR ours / bicubic | LPIPS-Alex ours / bicubic / best classic | "
-              "DISTS ours / bicubic / best classic | passes |", "|---|---:|---|---|---|---|"]
+              "DISTS ours / bicubic / best classic | default | headline |", "|---|---:|---|---|---|---|---|"]
     for c in checks:
         bl, bd = c.best("lpips_alex"), c.best("dists")
         fl = f"{bl.metrics['lpips_alex']:.3f} ({bl.label})" if bl else "none in budget"
         fd = f"{bd.metrics['dists']:.3f} ({bd.label})" if bd else "none in budget"
-        o, b = c.ours.metrics, c.bicubic.metrics
+        o, b, v = c.ours.metrics, c.bicubic.metrics, c.verdict()
         lines.append(f"| {c.image} | {c.ours.bpp:.4f} | {o['psnr']:.2f} / {b['psnr']:.2f} | "
                      f"{o['lpips_alex']:.3f} / {b['lpips_alex']:.3f} / {fl} | "
-                     f"{o['dists']:.3f} / {b['dists']:.3f} / {fd} | {yes[all(c.verdict().values())]} |")
+                     f"{o['dists']:.3f} / {b['dists']:.3f} / {fd} | {yes[all(v[k] for k in BARS['default'].criteria)]} | "
+                     f"{yes[all(v[k] for k in BARS['headline'].criteria)]} |")
     return "\n".join(lines) + "\n"

@@ -1,0 +1,124 @@
+"""The release rule (registry docstring, docs/models.md): users' files keep decoding after an upgrade.
+
+A stable model is pinned to its digest; better weights ship under a new number and the superseded
+ones stay as `<name>-n<number>`. Experimental weights may change, and their old files are refused
+with a message that says so. Each test plays two releases with two `Registry` objects.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tadmcodec import registry
+from tadmcodec.codec import Codec
+from tadmcodec.errors import ModelError
+from tadmcodec.registry import ModelSpec, Registry, check_release_rules
+from tadmcodec.tadm.testing import make_random_model_dir
+
+
+def photo(w: int = 96, h: int = 64) -> np.ndarray:
+    y, x = np.mgrid[0:h, 0:w]
+    img = np.stack([x * 255 / w, y * 255 / h, 128 + 60 * np.sin(x / 5.0) * np.cos(y / 4.0)], axis=2)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def spec_at(folder: Path, name: str, number: int, status: str, **kw) -> ModelSpec:
+    base = ModelSpec(name=name, number=number, kind="tadm", scales=(16,), description="test",
+                     weights_dir=lambda: folder, status=status, **kw)
+    if status in ("stable", "retired") and "pinned_digest" not in kw:
+        base = replace(base, pinned_digest=base.digest().hex())
+    return base
+
+
+BICUBIC = registry.get("bicubic")
+
+
+def test_the_shipped_registry_keeps_the_rule() -> None:
+    assert check_release_rules(registry.REGISTRY) == []
+    # the default is stable or bicubic, never experimental
+    for scale in (None, 8, 16, 32):
+        assert registry.default_model(scale).status in ("stable", "builtin")
+
+
+def test_a_file_made_with_release_n_decodes_with_release_n_plus_1(tmp_path: Path) -> None:
+    # release N ships tadm-tiny-x16 as number 1, stable
+    v1 = make_random_model_dir(tmp_path / "pkgN" / "tadm-tiny-x16", 16, seed=0)
+    release_n = Registry((BICUBIC, spec_at(v1, "tadm-tiny-x16", 1, "stable")))
+    assert check_release_rules(release_n) == []
+    assert release_n.default_model(16).name == "tadm-tiny-x16"
+    codec_n = Codec(device="cpu", models=release_n)
+    data = codec_n.encode(photo(), model="tadm-tiny-x16")
+    expected = codec_n.decode(data).pixels
+
+    # release N+1: the old folder moves to tadm-tiny-x16-n1 (retired), new weights ship as number 7
+    old = tmp_path / "pkgN1" / "tadm-tiny-x16-n1"
+    shutil.copytree(v1, old)
+    v2 = make_random_model_dir(tmp_path / "pkgN1" / "tadm-tiny-x16", 16, seed=1)
+    release_n1 = Registry((
+        BICUBIC,
+        spec_at(old, "tadm-tiny-x16-n1", 1, "retired", superseded_by=7),
+        spec_at(v2, "tadm-tiny-x16", 7, "stable"),
+    ))
+    assert check_release_rules(release_n1) == []
+    codec_n1 = Codec(device="cpu", models=release_n1)
+    dec = codec_n1.decode(data)
+    assert dec.model.name == "tadm-tiny-x16-n1"
+    assert np.array_equal(dec.pixels, expected)
+    # new files use the new weights and number; the default moved on (retired is never the default)
+    assert release_n1.default_model(16).number == 7
+    new = codec_n1.encode(photo(), model="tadm-tiny-x16")
+    assert codec_n1.decode(new).model.number == 7 and new != data
+
+
+def test_weights_changed_under_a_stable_number_break_the_rule(tmp_path: Path) -> None:
+    folder = make_random_model_dir(tmp_path / "m", 16, seed=0)
+    stable = spec_at(folder, "tadm-tiny-x16", 1, "stable")
+    make_random_model_dir(folder, 16, seed=3)  # overwritten in place: what the rule forbids
+    problems = check_release_rules(Registry((BICUBIC, stable)))
+    assert len(problems) == 1 and "differs from the pinned" in problems[0] and "new number" in problems[0]
+    unpinned = replace(stable, pinned_digest="")
+    assert "pinned digest" in check_release_rules(Registry((BICUBIC, unpinned)))[0]
+    orphan = spec_at(folder, "x-n1", 1, "retired", superseded_by=9)
+    assert any("successor" in p for p in check_release_rules(Registry((BICUBIC, orphan))))
+    twice = Registry((BICUBIC, stable, replace(stable, name="other")))
+    assert any("unique" in p for p in check_release_rules(twice))
+
+
+def test_experimental_weights_may_change_and_old_files_are_refused_plainly(tmp_path: Path) -> None:
+    folder = make_random_model_dir(tmp_path / "m", 16, seed=0)
+    exp = spec_at(folder, "tadm-tiny-x16", 1, "experimental")
+    reg = Registry((BICUBIC, exp))
+    # shipped experimental weights must say what they fail
+    assert any("release.json" in p for p in check_release_rules(reg))
+    (folder / registry.RELEASE_FILE).write_text(json.dumps({"fails": "PSNR vs bicubic (12/30)"}))
+    assert check_release_rules(reg) == []
+    assert exp.status_line() == "experimental: fails PSNR vs bicubic (12/30)"
+    # available, but never the default
+    assert exp.availability()[0] and reg.default_model(16).name == "bicubic" and reg.default_model().name == "bicubic"
+    data = Codec(device="cpu", models=reg).encode(photo(), model="tadm-tiny-x16")
+    make_random_model_dir(folder, 16, seed=5)  # the next release's experimental weights
+    with pytest.raises(ModelError, match="experimental weights change between releases"):
+        Codec(device="cpu", models=reg).decode(data)
+
+
+def test_models_command_says_experimental_and_what_fails(tmp_path: Path, monkeypatch) -> None:
+    from click.testing import CliRunner
+
+    from tadmcodec import cli
+
+    folder = make_random_model_dir(tmp_path / "m", 32, seed=0)
+    (folder / registry.RELEASE_FILE).write_text(json.dumps({"fails": "the default bar's PSNR term (3/30)"}))
+    spec = replace(registry.get("tadm-tiny-x32"), weights_dir=lambda: folder)
+    monkeypatch.setitem(registry.MODELS, "tadm-tiny-x32", spec)
+    out = CliRunner().invoke(cli.main, ["models"]).output
+    line = next(line for line in out.splitlines() if "fails" in line)
+    assert "experimental: fails the default bar's PSNR term (3/30); runs only with -m tadm-tiny-x32" in line
+    rows = [json.loads(r) for r in CliRunner().invoke(cli.main, ["models", "--json"]).output.splitlines()]
+    row = next(r for r in rows if r["name"] == "tadm-tiny-x32")
+    assert row["available"] and row["status"] == "experimental" and not row["default"]
