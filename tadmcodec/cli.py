@@ -378,14 +378,56 @@ def _register_optional_commands() -> None:
             main.add_command(getattr(mod, n))
 
 
-def entry() -> None:
-    """Console-script entry: turns TadmError and Ctrl-C into one line and an exit code."""
+def usage_line(exc: click.ClickException) -> str:
+    """A click error as the one line the README promises, without the `tadm: ` prefix.
+
+    click itself prints the usage block, a help hint and `Error: ...` over four
+    lines. Here a bad value names the option (`-s/--scale`) and click's reason,
+    which lists the allowed values of a choice; a missing choice option lists
+    them too; the command's help is pointed to at the end.
+    """
+    param = getattr(exc, "param", None)
+    if isinstance(exc, click.BadParameter) and param is not None and exc.param_hint is None:
+        is_option = isinstance(param, click.Option)
+        name = "/".join(param.opts) if is_option else param.human_readable_name
+        if isinstance(exc, click.MissingParameter):
+            text = f"missing {'option' if is_option else 'argument'} {name}"
+            if isinstance(param.type, click.Choice):
+                text += f" (one of {', '.join(str(c) for c in param.type.choices)})"
+        else:
+            text = f"invalid value for {name}: {' '.join(exc.message.split()).rstrip('.')}"
+    elif isinstance(exc, click.NoSuchOption):
+        text = f"no such option {exc.option_name}"
+        if exc.possibilities:
+            text += f" (did you mean {' or '.join(exc.possibilities)}?)"
+    else:
+        text = " ".join(exc.format_message().split()).rstrip(".")
+        if text[:2].istitle():  # "No such command" -> "no such command", as tadm's own messages
+            text = text[0].lower() + text[1:]
+    ctx = getattr(exc, "ctx", None)
+    if ctx is not None:
+        text += f" (see '{ctx.command_path} -h')"
+    return text
+
+
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+"""click >= 8.2 raises it for a bare group (it shows the help); older click exits 0 after the help."""
+
+
+def run_command(command: click.Command) -> None:
+    """Run a click command as a console script: every error is one line and an exit code.
+
+    Usage errors exit 2 like format errors (README, "Exit codes"); Ctrl-C exits 130.
+    """
     try:
-        main(standalone_mode=False)
+        command.main(standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.ClickException as exc:
+    except _NO_ARGS_IS_HELP as exc:  # bare `tadm`: the help text is the answer
         exc.show()
+        sys.exit(EXIT_USAGE)
+    except click.ClickException as exc:
+        _err(usage_line(exc))
         sys.exit(EXIT_USAGE)
     except click.exceptions.Abort:
         _err("aborted")
@@ -398,6 +440,11 @@ def entry() -> None:
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(EXIT_SOME_FAILED)
+
+
+def entry() -> None:
+    """Console-script entry: turns TadmError, usage errors and Ctrl-C into one line and an exit code."""
+    run_command(main)
 
 
 _register_optional_commands()

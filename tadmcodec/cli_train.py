@@ -150,5 +150,7 @@ def _stage0(config_path: str, stage: str, resume: bool, run_dir: str | None, max
         click.echo(f"backbone exported to {stage0.export(rdir, rdir / 'export')}")
 
 
-if __name__ == "__main__":
-    train_command()
+if __name__ == "__main__":  # `accelerate launch -m tadmcodec.cli_train`: errors one line, as `tadm train`
+    from tadmcodec.cli import run_command
+
+    run_command(train_command)
