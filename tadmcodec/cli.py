@@ -1,7 +1,9 @@
 """The `tadm` command line: thin wrappers over `tadmcodec.codec`.
 
-Data goes to stdout only when asked for with `-o -`; messages, warnings and
-progress go to stderr. Every user error is one line, `tadm: ...`, with exit
+Data goes to stdout only when asked for: with `-o -`, or when the input is
+stdin (`-`) and neither -o nor -d is given, so `tadm encode - < a.png > a.tadm`
+works as a filter (never onto a terminal). Messages, warnings and progress go
+to stderr. Every user error is one line, `tadm: ...`, with exit
 code 2; a batch reports each failed file and exits 1.
 """
 

@@ -86,8 +86,15 @@ def test_shell_pipe(tmp_path: Path) -> None:
     dec = run("decode", "-", "-o", "-", stdin=enc.stdout)
     assert dec.returncode == 0, dec.stderr
     assert Image.open(io.BytesIO(dec.stdout)).size == (96, 64)
-    # stdin without -o also goes to stdout
+    # stdin without -o also goes to stdout (README: a filter, as with gzip), for both commands
     assert run("encode", "-", "-m", "bicubic", stdin=data).stdout == enc.stdout
+    assert run("decode", "-", stdin=enc.stdout).stdout == dec.stdout
+    # ... so a shell redirect works: tadm encode - < a.png > a.tadm
+    with open(tmp_path / "a.png", "rb") as fin, open(tmp_path / "r.tadm", "wb") as fout:
+        assert subprocess.run([*TADM, "encode", "-", "-m", "bicubic"], stdin=fin, stdout=fout, timeout=120).returncode == 0
+    assert (tmp_path / "r.tadm").read_bytes() == enc.stdout
+    # stdin has no name to put under -d
+    assert "-o" in assert_one_line_error(run("encode", "-", "-d", str(tmp_path / "d"), "-m", "bicubic", stdin=data))
 
 
 def test_decode_output_format_from_extension(tmp_path: Path) -> None:
