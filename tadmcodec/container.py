@@ -160,8 +160,9 @@ class _Reader:
         self.pos = pos
 
     def take(self, n: int, what: str) -> bytes:
+        # The reader stops before the last 4 bytes, the CRC-32: a file cut anywhere runs out here.
         if n > self.end - self.pos:
-            raise FormatError(f"file is truncated (in the {what})")
+            raise FormatError(f"file is truncated: its {len(self.data)} bytes cannot hold the {what} and the final CRC-32")
         chunk = self.data[self.pos : self.pos + n]
         self.pos += n
         return chunk
@@ -269,8 +270,10 @@ def _check_signature(data: bytes) -> None:
     head = data[: len(SIGNATURE) + 1]
     if head.startswith(SIGNATURE):
         return
+    if not data:
+        raise FormatError("file is empty (0 bytes)")
     if len(head) < len(SIGNATURE) and SIGNATURE.startswith(head):
-        raise FormatError(f"file is truncated ({len(data)} bytes, not even a .tadm signature)")
+        raise FormatError(f"file is truncated: {len(data)} bytes, not even a whole .tadm signature")
     if head.startswith(b"\x09TD\r\n\x1a\n"):
         raise FormatError("not a usable .tadm file: its high bit was stripped (7-bit transfer)")
     if head.startswith(b"\x89TD\n\x1a\n"):
@@ -278,7 +281,7 @@ def _check_signature(data: bytes) -> None:
     if head.startswith(b"\x89TD\r\r\n") or head.startswith(b"\x89TD\r\n\x1a\r\n"):
         raise FormatError("not a usable .tadm file: LF became CR LF (text-mode transfer)")
     if head.startswith(b"\x89TD\r\n") and len(data) <= len(SIGNATURE):
-        raise FormatError("file is truncated (cut off in the signature, e.g. at ^Z)")
+        raise FormatError("file is truncated: it ends inside the signature")
     raise FormatError("not a .tadm file (bad signature)")
 
 
@@ -298,14 +301,14 @@ def unpack(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> TadmFile:
 
     body_end = len(data) - _CRC_SIZE
     r = _Reader(data, max(body_end, len(SIGNATURE)), len(SIGNATURE))
-    version = r.byte("version")
+    version = r.byte("version byte")
     major, minor = version >> 4, version & 0x0F
     if major != MAJOR:
         raise FormatError(
             f"unsupported .tadm version {major}.{minor} (this tadm reads {MAJOR}.x); "
             "made by a newer tadm, or the file is corrupt"
         )
-    flags = r.byte("flags")
+    flags = r.byte("flags byte")
     model_number = r.varint("model number", _MAX_FIELD)
     model_digest = r.take(DIGEST_SIZE, "model digest")
     width = r.varint("width", MAX_DIMENSION)
@@ -319,7 +322,7 @@ def unpack(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> TadmFile:
         for _ in range(count):
             typ = r.varint("metadata record type", _MAX_FIELD)
             length = r.varint("metadata record length", _MAX_FIELD)
-            raw_records.append((typ >> 1, bool(typ & 1), r.take(length, "metadata record")))
+            raw_records.append((typ >> 1, bool(typ & 1), r.take(length, "metadata record data")))
     payload_len = r.varint("payload length", _MAX_FIELD)
     expected = r.pos + payload_len + _CRC_SIZE
     if expected > len(data):

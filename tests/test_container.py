@@ -215,7 +215,7 @@ def test_looks_like_tadm() -> None:
         (lambda d: d[:6] + b"\r\n" + d[7:], "LF became CR LF"),
         (lambda d: d[:5], "truncated"),
         (lambda d: d[:6], "truncated"),
-        (lambda d: b"", "truncated"),
+        (lambda d: b"", "file is empty"),
         (lambda d: b"\x89PNG\r\n\x1a\n" + d[8:], "not a .tadm file"),
         (lambda d: b"GIF89a" + d, "not a .tadm file"),
     ],
@@ -331,6 +331,24 @@ def test_trailing_garbage_is_refused() -> None:
 def test_truncation_is_refused(cut: int) -> None:
     data = pack(make())
     refused(data[:-cut], "truncated")
+
+
+@pytest.mark.parametrize(
+    "length,message",
+    [
+        (0, "file is empty (0 bytes)"),
+        (5, "file is truncated: 5 bytes, not even a whole .tadm signature"),
+        (8, "file is truncated: its 8 bytes cannot hold the version byte and the final CRC-32"),
+        (12, "file is truncated: its 12 bytes cannot hold the flags byte and the final CRC-32"),
+        (16, "file is truncated: its 16 bytes cannot hold the model digest and the final CRC-32"),
+        (30, "file is truncated: its 30 bytes cannot hold the metadata record data and the final CRC-32"),
+        (77, "file is truncated: 77 bytes, the header declares 78"),
+    ],
+)
+def test_truncation_messages_read_as_sentences(length: int, message: str) -> None:
+    """Each cut names what the file is too short for, in words (issue 17: not "(in the version)")."""
+    data = (GOLDEN_DIR / "small-jxl-metadata.tadm").read_bytes()
+    assert refused(data[:length], "truncated|empty") == message
 
 
 def test_crc_mismatch_is_refused() -> None:
