@@ -288,6 +288,16 @@ def test_info_and_models(tmp_path: Path) -> None:
     assert not names["tadm-sd21-x16"]["available"] and "import-official" in names["tadm-sd21-x16"]["needs"]
 
 
+def test_info_overhead_leaves_out_metadata_record_data() -> None:
+    """`tadm info` and docs/container.md section 11 agree: 28 bytes on small-jxl-metadata.tadm."""
+    golden = Path(__file__).resolve().parent / "golden" / "small-jxl-metadata.tadm"
+    d = json.loads(run("info", "--json", str(golden)).stdout)
+    assert d["overhead_bytes"] == 28 and d["payload_bytes"] == 32 and d["bytes"] == 78
+    assert [m["bytes"] for m in d["metadata"]] == [8, 8, 2]
+    assert d["bytes"] == d["payload_bytes"] + sum(m["bytes"] for m in d["metadata"]) + d["overhead_bytes"]
+    assert "overhead 28 B" in run("info", str(golden)).stdout.decode()
+
+
 def test_digest_mismatch_is_refused(tmp_path: Path) -> None:
     src = save(tmp_path / "a.png", photo())
     run("encode", str(src), "-m", "bicubic")

@@ -164,6 +164,23 @@ def test_metadata_costs_only_its_framing() -> None:
     assert C.overhead(f) == 24 + 1 + 1 + 2  # count, type, 2-byte length
 
 
+def test_overhead_of_the_metadata_golden_file_is_28_bytes_as_the_spec_says() -> None:
+    """docs/container.md section 11: 78 bytes = 32 payload + 18 record data + 28 overhead.
+
+    Record data is not overhead (tadm info lists it apart); its count, type and length
+    varints are: 21 bytes as small-png.tadm, + 1 count + 3 x (type + length).
+    """
+    data = (GOLDEN_DIR / "small-jxl-metadata.tadm").read_bytes()
+    f = unpack(data)
+    record_data = sum(len(r.data) for r in f.metadata)
+    assert (len(data), len(f.payload), record_data) == (78, 32, 18)
+    assert C.overhead(f) == 28 == len(data) - len(f.payload) - record_data
+    assert C.overhead(unpack((GOLDEN_DIR / "small-png.tadm").read_bytes())) + 1 + 3 * 2 == 28
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "container.md").read_text()
+    section = doc[doc.index("## 11. Overhead"):doc.index("## 12.")]
+    assert "78 bytes = 32\npayload + 18 record data (ICC 8, EXIF 8, kind 9 2) + **28 overhead**" in section
+
+
 # --- golden files ----------------------------------------------------------------------------
 
 

@@ -309,6 +309,38 @@ def test_jxl_frame_header_whitelist(index: int, value: int, match: str) -> None:
         decode_lr("jxl", _jxl_frame_bits(*fields), 60000, 60000)
 
 
+def _doc_table(section: str, header: str) -> list[list[str]]:
+    """Rows of the first markdown table in `section` whose header row is `header`."""
+    lines = section.splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.strip() == header)
+    rows = []
+    for ln in lines[start + 2 :]:
+        if not ln.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in ln.strip("|").split(" | ")])
+    return rows
+
+
+def test_spec_section_10_3_lists_the_fields_the_code_reads() -> None:
+    """docs/container.md 10.3 is what an independent reader implements: its tables must be the code's
+    ImageMetadata bits and frame-check fields, in the same order and widths (issue 17)."""
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "container.md").read_text()
+    section = doc[doc.index("### 10.3 JPEG XL") : doc.index("## 11.")]
+    meta = [(int(value.split()[0]), int(bits)) for bits, _, value in _doc_table(section, "| bits | field | value |")]
+    assert tuple(meta) == lrcodec._JXL_METADATA
+    frame = _doc_table(section, "| # | bits | field | read when | required |")
+    assert [int(row[0]) for row in frame] == list(range(1, len(_PLAIN) + 1))
+    widths = [2 if row[1] == "U64" else int(row[1]) for row in frame]  # flags 0: a U64 is its 2-bit selector
+    assert widths == [n for _, n in _PLAIN]
+    assert [row[2] for row in frame][:4] == ["all_default", "frame_type", "encoding", "flags"]
+    assert frame[-1][2] == "is_last" and "encoding = 1" in frame[6][3]
+    # The worked example: the golden file's payload starts with the documented bytes and passes.
+    f = container.unpack((GOLDEN_DIR / "small-jxl-metadata.tadm").read_bytes())
+    assert f.payload[:3] == bytes.fromhex("080401") and "`08 04 01`" in section
+    lrcodec.check_jxl_frame(f.payload)
+    assert lrcodec._jxl_header(4, 3) == bytes.fromhex("ff0a1000068048") and "`FF 0A 10 00 06 80 48`" in section
+
+
 def test_real_jxl_payload_passes_the_frame_whitelist() -> None:
     for h, w in [(1, 1), (16, 24), (300, 200)]:
         lrcodec.check_jxl_frame(encode_lr(smooth(h, w), "jxl")[1])
