@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageColor, ImageOps, UnidentifiedImageError
 
-from tadmcodec.errors import InputError
+from tadmcodec.errors import InputError, TadmError
 
 # Pillow's own decompression-bomb limit is switched off around Image.open only (we
 # check our --max-pixels budget right after, before decoding); the lock keeps
@@ -70,6 +70,26 @@ def load_image(data: bytes, *, max_pixels: int, flatten: tuple[int, int, int] | 
         raise InputError("not an image file Pillow can read") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise InputError(f"cannot read image: {_one_line(exc)}") from None
+    return from_pil(img, max_pixels=max_pixels, flatten=flatten, data=data)
+
+
+def from_pil(
+    img: Image.Image,
+    *,
+    max_pixels: int,
+    flatten: tuple[int, int, int] | None = None,
+    transpose: bool = True,
+    data: bytes = b"",
+) -> LoadedImage:
+    """Normalise a (possibly not yet loaded) Pillow image to 8-bit RGB, as `tadm encode` does.
+
+    Shared by `load_image` and the Python API, so a file, its bytes and the
+    Image that Pillow opens from it all become the same pixels. The pixel budget
+    is checked before `img.load()`, so a lazily opened bomb is never decoded.
+    `transpose=False` keeps the pixels as they are (the Pillow save handler:
+    Pillow writers never apply EXIF orientation). `data`, the file's bytes when
+    known, lets a 16-bit PNG be noticed (Pillow reduces 16-bit RGB silently).
+    """
     w, h = img.size
     if w < 1 or h < 1:
         raise InputError(f"image has no pixels ({w}x{h})")
@@ -80,10 +100,13 @@ def load_image(data: bytes, *, max_pixels: int, flatten: tuple[int, int, int] | 
         img.load()
         icc = img.info.get("icc_profile") or None
         exif_bytes = img.info.get("exif") or None
-        img = ImageOps.exif_transpose(img) or img
+        if transpose:
+            img = ImageOps.exif_transpose(img) or img
+    except TadmError:  # a lazily opened .tadm image (tadmcodec.pillow) failing in load(): keep its type
+        raise
     except (OSError, ValueError, SyntaxError) as exc:
         raise InputError(f"cannot decode image: {_one_line(exc)}") from None
-    if exif_bytes is not None:
+    if exif_bytes is not None and transpose:
         exif_bytes = _exif_without_orientation(img, exif_bytes)
     pixels = _to_rgb8(img, flatten, notes, _bit_depth(data, img))
     return LoadedImage(pixels=pixels, icc=icc, exif=exif_bytes, notes=notes)
