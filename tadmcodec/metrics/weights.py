@@ -20,6 +20,7 @@ Loading fetches automatically unless `TADMCODEC_NO_FETCH=1`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import subprocess
@@ -29,7 +30,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -232,13 +233,48 @@ def _write_atomically(path: Path, tensors: dict[str, np.ndarray], meta: dict[str
             os.unlink(tmp)
 
 
+@contextlib.contextmanager
+def _fetch_lock() -> Iterator[None]:
+    """Hold an exclusive lock on the cache's metrics folder while filling it.
+
+    Parallel test workers (bin/test runs pytest-xdist) and concurrent `tadm bench`
+    runs may all find the cache empty; the files are written atomically anyway, so
+    the lock only saves the second process a download: it waits, then finds the
+    files current. Where no lock can be taken (not POSIX, a read-only cache) it
+    goes on without one.
+    """
+    try:
+        import fcntl
+
+        path = cache_dir() / "metrics" / ".fetch.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a")
+    except (ImportError, OSError):
+        handle = None
+    if handle is None:
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def fetch_all(source_dir: Path | None = None, force: bool = False, log: Callable[[str], None] | None = None) -> list[Path]:
     """Make sure every converted weight file is in the cache; return their paths.
 
     Archives are taken from `source_dir` when it holds them (offline setup),
     else downloaded with pip into a temporary folder. Each archive is fetched
-    at most once. Raises TadmError (one line) when that is impossible.
+    at most once, and by one process at a time (`_fetch_lock`). Raises
+    TadmError (one line) when that is impossible.
     """
+    with _fetch_lock():
+        return _fetch_all_locked(source_dir, force, log)
+
+
+def _fetch_all_locked(source_dir: Path | None, force: bool, log: Callable[[str], None] | None) -> list[Path]:
     todo = [wf for wf in WEIGHT_FILES.values() if force or not _is_current(weights_path(wf.name))]
     with tempfile.TemporaryDirectory(prefix="tadmcodec-weights-") as tmp:
         local: dict[str, Path] = {}
