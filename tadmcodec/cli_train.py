@@ -46,9 +46,10 @@ STAGE_CHOICES = ("0a", "0b", "1", "2", "3", "all")
 @click.option("--save-weights", "save_weights", type=click.Path(dir_okay=False),
               help="Only write the latest stage's trainable weights (float16 safetensors unless --fp32; "
                    "no backbone) to FILE: what --init and --export --weights read.")
-@click.option("--init", "init_file", type=click.Path(dir_okay=False),
-              help="Start the first stage run from these trainable weights (a --save-weights file or a "
-                   "stage checkpoint .pt) instead of the previous stage's; fresh optimiser and schedule.")
+@click.option("--init", "init_file", type=click.Path(),
+              help="Start the first stage run from these trainable weights (a --save-weights file, a "
+                   "stage checkpoint .pt or an exported model folder such as tadmcodec/weights/NAME) "
+                   "instead of the previous stage's; fresh optimiser and schedule.")
 @click.option("--cpu", is_flag=True, help="Train on the CPU even if a GPU is present.")
 def train_command(config_path: str, stage: str, resume: bool, run_dir: str | None, max_minutes: float | None,
                   steps: int | None, train_dir: str | None, backbone_dir: str | None, export_dir: str | None,

@@ -215,4 +215,7 @@ def test_cpu_model_configs_train_the_same_model(scale) -> None:
     assert cpu["model"] == gpu["model"] and cpu["scale"] == gpu["scale"] == scale
     assert cpu["stage2"]["lpips_weight"] == gpu["stage2"]["lpips_weight"] and cpu["cpu_bf16"]
     assert cpu["stage2"]["batch_size"] < gpu["stage2"]["batch_size"]
-    assert cpu["backbone"]["dir"] == "runs/stage0-cpu/export"
+    # the shared stage-0 backbone, and latents encoded once (the VAE encoder is frozen in stages 1-3)
+    assert cpu["backbone"]["dir"] == "../shared/checkpoints/stage0-tiny-cpu/export"
+    assert cpu["data"]["cached_latents"] and not gpu["data"]["cached_latents"]
+    assert cpu["data"]["train_dir"] == gpu["data"]["train_dir"] and cpu["data"]["val_count"] == gpu["data"]["val_count"]

@@ -14,6 +14,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+from tadmcodec.errors import InputError
 from tadmcodec.tadm import backbone as bb
 from tadmcodec.tadm.testing import (
     MICRO_DFRM, MICRO_REFINER, MICRO_TPM, micro_unet_config, micro_vae_config,
@@ -170,6 +171,32 @@ def test_resume_continues_at_the_same_step_and_rng(workspace, tmp_path):
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)  # same data, optimiser state, schedule
 
 
+def test_cached_latents_train_every_stage_and_resume_exactly(workspace, tmp_path):
+    """data.cached_latents: the photos are encoded once per stage (a file beside the checkpoints),
+    stages 1-3 train from the cut windows, and 2+2 resumed steps equal 4 straight ones."""
+    logs: list[str] = []
+    straight = micro_cfg(workspace, data={"cached_latents": True}, stage1={"steps": 4})
+    m1 = S.build_training_model(straight)
+    S.train_stage("stage1", straight, tmp_path / "a", accelerator=_acc(), model=m1, log=logs.append)
+    assert (tmp_path / "a" / "latents-crop64.pt").is_file()
+    assert any("encoded 6 photos" in line for line in logs)
+    half = micro_cfg(workspace, data={"cached_latents": True}, stage1={"steps": 2})
+    m2 = S.build_training_model(half)
+    S.train_stage("stage1", half, tmp_path / "b", accelerator=_acc(), model=m2, log=lambda m: None)
+    logs.clear()
+    S.train_stage("stage1", straight, tmp_path / "b", resume=True, accelerator=_acc(), model=m2, log=logs.append)
+    assert any("latent cache: 6 photos from" in line for line in logs)  # not encoded again
+    a, b = m1.dfrm.state_dict(), m2.dfrm.state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    for stage in ("stage2", "stage3"):  # the same crop size: stage 1's cache serves them
+        before = _snapshot(m1)
+        logs.clear()
+        result = S.train_stage(stage, straight, tmp_path / "a", accelerator=_acc(), model=m1, log=logs.append)
+        assert any("latent cache: 6 photos from" in line for line in logs)
+        assert math.isfinite(result["loss"]) and _changed(before, _snapshot(m1))
+        assert not any(k.startswith("vae.encoder") for k in _changed(before, _snapshot(m1)))
+
+
 def test_time_box_counts_the_stage_over_resumed_runs(workspace, tmp_path):
     """`max_minutes` bounds the stage's total time, as the cosine schedule reads it: a resumed run
     does not get a fresh box (it once did, and trained on at the 5 % floor learning rate)."""
@@ -222,6 +249,32 @@ def test_init_starts_a_stage_from_weights_trained_elsewhere(workspace, tmp_path,
     fresh = S.build_training_model(zero)  # without init the same stage starts elsewhere
     S.train_stage("stage1", zero, tmp_path / "c", accelerator=_acc(), model=fresh, log=lambda m: None)
     assert _changed(trained, _stage_weights(tmp_path / "c", "stage1"))
+
+
+def test_init_continues_an_exported_model_folder(workspace, tmp_path):
+    """A packaged model (tadmcodec/weights/<model>/) is enough to go on training: its heads' files
+    and train_adapters.safetensors give back every trained tensor, LoRA included."""
+    cfg = micro_cfg(workspace, stage1={"steps": 1}, stage2={"steps": 1}, stage3={"steps": 1})
+    model = S.build_training_model(cfg)
+    for stage in S.STAGES:
+        S.train_stage(stage, cfg, tmp_path / "a", accelerator=_acc(), model=model, log=lambda m: None)
+    trained = _stage_weights(tmp_path / "a", "stage3")
+    assert any(".lora_" in k for k in trained)
+    exact = S.export(cfg, tmp_path / "a", tmp_path / "exp32", fp32=True)
+    half = S.export(cfg, tmp_path / "a", tmp_path / "exp16")
+    assert (Path(half) / S.TRAIN_ADAPTERS_FILE).is_file()
+    got = S.read_trainable(Path(exact))
+    assert got.keys() == trained.keys() and all(torch.equal(got[k], trained[k]) for k in trained)
+    got16 = S.read_trainable(Path(half))
+    assert all(torch.allclose(got16[k], trained[k], rtol=1e-3, atol=1e-3) for k in trained)
+    zero = micro_cfg(workspace, stage3={"steps": 4, "max_minutes": 0})
+    S.train_stage("stage3", zero, tmp_path / "b", accelerator=_acc(), model=S.build_training_model(zero),
+                  log=lambda m: None, init=Path(half))
+    start = _stage_weights(tmp_path / "b", "stage3")
+    assert all(torch.equal(start[k], got16[k]) for k in trained)
+    (Path(half) / S.TRAIN_ADAPTERS_FILE).unlink()
+    with pytest.raises(InputError, match="missing train_adapters.safetensors"):
+        S.read_trainable(Path(half))
 
 
 def test_init_is_not_used_by_a_stage_that_resumes(workspace, tmp_path):
@@ -366,6 +419,11 @@ def test_cli_trains_and_exports(workspace, tmp_path):
     assert res.exit_code == 0, res.output
     assert latest_checkpoint(tmp_path / "more" / "stage3").name == "ckpt-00000001.pt"
     assert not (tmp_path / "more" / "stage1").exists()
+    # so does the exported model folder itself
+    res = CliRunner().invoke(main, ["train", "--config", str(path), "--run-dir", str(tmp_path / "again"),
+                                    "--stage", "3", "--init", str(tmp_path / "run" / "export"), "--cpu"])
+    assert res.exit_code == 0, res.output
+    assert latest_checkpoint(tmp_path / "again" / "stage3").name == "ckpt-00000001.pt"
 
 
 @pytest.mark.parametrize("native", [False, True])

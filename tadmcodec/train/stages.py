@@ -68,7 +68,10 @@ DEFAULTS: dict[str, Any] = {
         "dfrm": {}, "tpm": {}, "refiner": {}, "tiling": {}, "t0": 50,
         "lora_unet": {"rank": 48, "alpha": 8.0}, "lora_vae": {"rank": 16, "alpha": 8.0},
     },
-    "data": {"train_dir": "../shared/data/train", "val_count": 8},
+    # cached_latents: encode each photo (and its mirror image) once and cut crop latents from it
+    # (`latent_cache.LatentCrops`) instead of encoding every crop at every step; crops then start
+    # on the 8-pixel latent grid. The VAE encoder is frozen in stages 1-3, so this only saves time.
+    "data": {"train_dir": "../shared/data/train", "val_count": 8, "cached_latents": False},
     "checkpoint": {"every_steps": 5000, "every_minutes": 10.0, "keep": 2},
     "log_every": 50,
     "val": {"every_steps": 5000, "crop": 256, "lpips": True},
@@ -238,10 +241,41 @@ def load_checkpoint_state(model, state: dict[str, torch.Tensor], where: Path,
     return new
 
 
-def read_trainable(path: Path) -> dict[str, torch.Tensor]:
-    """Trainable weights from a `save_trainable` safetensors or from a stage checkpoint (.pt)."""
+HEAD_MODULES = ("dfrm", "tpm", "refiner")
+TRAIN_ADAPTERS_FILE = "train_adapters.safetensors"
+"""In an exported model folder: the trained tensors that are not in a head's own file (LoRA
+factors, the UNet modules LoRA trains in full), unmerged. With the heads' files they are the
+`checkpoint_state`, so a model folder (a packaged model) can be continued with `--init DIR` even
+when its LoRA is merged into the backbone for inference."""
+
+
+def _read_model_dir_trainable(folder: Path) -> dict[str, torch.Tensor]:
+    """`checkpoint_state` rebuilt from an exported model folder (heads' files + TRAIN_ADAPTERS_FILE)."""
     from safetensors.torch import load_file
 
+    from tadmcodec.tadm import spec as TS
+
+    files = {"dfrm": TS.DFRM_FILE, "tpm": TS.TPM_FILE, "refiner": TS.REFINER_FILE}
+    need = [folder / f for f in (*files.values(), TRAIN_ADAPTERS_FILE)]
+    missing = [p for p in need if not p.is_file()]
+    if missing:
+        raise InputError(f"{folder} is not a model folder that training can continue: missing {missing[0].name} "
+                         "(export it again with `tadm train --export`)")
+    try:
+        state = {f"{k}.{n}": v for k, f in files.items() for n, v in load_file(str(folder / f)).items()}
+        state.update(load_file(str(folder / TRAIN_ADAPTERS_FILE)))
+    except Exception as exc:  # noqa: BLE001 - SafetensorError is neither OSError nor ValueError
+        raise InputError(f"cannot read {folder}: {str(exc).splitlines()[0]}") from None
+    return {k: v.float() for k, v in state.items()}
+
+
+def read_trainable(path: Path) -> dict[str, torch.Tensor]:
+    """Trainable weights from a `save_trainable` safetensors, a stage checkpoint (.pt) or an
+    exported model folder (such as `tadmcodec/weights/<model>/`)."""
+    from safetensors.torch import load_file
+
+    if path.is_dir():
+        return _read_model_dir_trainable(path)
     if not path.is_file():
         raise InputError(f"weights file {path} does not exist")
     if path.suffix == ".pt":
@@ -588,20 +622,36 @@ def train_stage(stage: str, cfg: dict[str, Any], run_dir: Path, resume: bool = F
                          f"{cfg['data']['val_count']} held out for validation")
     data = PhotoCrops(cfg["data"]["train_dir"], crop=scfg["crop"], seed=cfg["seed"] + STAGES.index(stage),
                       limit=n_train)
+    latents = None
+    if cfg["data"].get("cached_latents"):
+        from tadmcodec.train.latent_cache import LatentCrops, cache_key
+
+        enc_autocast = _autocast_for(device, bool(cfg["cpu_bf16"]))
+
+        def encode_one(x: torch.Tensor) -> torch.Tensor:
+            with enc_autocast():
+                return model.encode_latent(x.to(device))
+
+        latents = LatentCrops(data, encode_one, cache_key(data, model.vae),
+                              run_dir / f"latents-crop{scfg['crop']}.pt", log=log)
     autocast = _autocast_for(device, bool(cfg["cpu_bf16"]))
     runner = StageRunner(stage, cfg, run_dir, model, acc, resume, log)
     perceptual = None
     if stage in ("stage2", "stage3") and (scfg["lpips_weight"] or scfg["dists_weight"]):
         perceptual = Perceptual(scfg["lpips_weight"], scfg["dists_weight"]).to(device)
 
-    def batch(step: int) -> torch.Tensor:
+    def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step's crops in [-1, 1] and their latents (cut from the cache, or encoded now)."""
+        if latents is not None:
+            xb, zb = latents.batch(step, scfg["batch_size"], acc.process_index, acc.num_processes)
+            return to_model_range(xb.to(device, non_blocking=True)), zb.to(device, non_blocking=True)
         xb = data.batch(step, scfg["batch_size"], acc.process_index, acc.num_processes)
-        return to_model_range(xb.to(device, non_blocking=True))
+        x = to_model_range(xb.to(device, non_blocking=True))
+        with torch.no_grad(), autocast():
+            return x, model.encode_latent(x)
 
     def loss_fn(step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        x = batch(step)
-        with torch.no_grad(), autocast():
-            z = model.encode_latent(x)
+        x, z = batch(step)
         if stage == "stage1":
             out = model.dfrm(x, z)
             loss, parts = rescaling_loss(out, z, x, scale, scfg)
@@ -705,4 +755,10 @@ def export(cfg: dict[str, Any], run_dir: Path, out_dir: Path, fp32: bool = False
             raise TadmError(f"nothing to export: no stage 1-3 checkpoint in {run_dir}")
         load_checkpoint_state(model, _load(ckpt)["weights"], ckpt)
     model.config = replace(model.config, name=cfg["name"])
-    return save_model_dir(out_dir, model, fp32=fp32)
+    trained = {k: v for k, v in checkpoint_state(model).items() if not k.startswith(tuple(f"{h}." for h in HEAD_MODULES))}
+    folder = save_model_dir(out_dir, model, fp32=fp32)
+    from safetensors.torch import save_file
+
+    dtype = torch.float32 if fp32 else torch.float16
+    save_file({k: v.to(dtype).contiguous() for k, v in trained.items()}, str(Path(folder) / TRAIN_ADAPTERS_FILE))
+    return folder
