@@ -154,6 +154,12 @@ common_output = [
 ]
 
 
+engine_option = click.option(
+    "--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+    help="local: this process (-j threads); ray: Ray Data workers on the cluster at $RAY_ADDRESS, else on a "
+         "local Ray (-j workers, default one per CPU or GPU; needs tadmcodec[ray]). Inputs and outputs may be URIs.")
+
+
 def with_options(options):
     def deco(f):
         for opt in reversed(options):
@@ -179,8 +185,9 @@ def main() -> None:
 @click.option("--metadata", type=click.Choice(METADATA_CHOICES), default="none", show_default=True,
               help="Input metadata to keep (costs bytes).")
 @click.option("--flatten", metavar="COLOUR", help="Composite transparent images onto COLOUR (e.g. white) instead of refusing them.")
+@engine_option
 def encode(inputs, output, outdir, force, jobs, quiet, verbose, max_pixels, device, precision, model_dir, sd_dir, vae_dir,
-           scale, model, lr_codec, metadata, flatten):
+           scale, model, lr_codec, metadata, flatten, engine):
     """Compress images (files, folders, or '-' for stdin) to .tadm."""
     scale_i = int(scale) if scale else None
     model_name = model or registry.default_model(scale_i).name
@@ -189,6 +196,11 @@ def encode(inputs, output, outdir, force, jobs, quiet, verbose, max_pixels, devi
 
     scale_i = check_scale(codec.spec(model_name), scale_i)
     bg = parse_colour(flatten) if flatten else None
+    if engine == "ray":
+        from tadmcodec.cli_ray import encode_on_ray
+
+        sys.exit(encode_on_ray(inputs, output, outdir, force, quiet, verbose, max_pixels, device, precision, codec,
+                               model_name, scale_i, lr_codec, metadata, bg))
     job_list = plan(inputs, INPUT_EXTENSIONS, output, outdir, ".tadm")
     _check_binary_stdout(job_list)
 
@@ -224,9 +236,15 @@ def _metadata_records(img, which: str) -> tuple[container.MetadataRecord, ...]:
 @click.option("--format", "fmt", type=click.Choice(["png", "webp", "jpg", "tiff", "bmp", "ppm"]),
               help="Output format when writing to stdout or to -d (default png); otherwise from the -o extension.")
 @click.option("--timestep-map", metavar="FILE.png", help="Also write the predicted time-step map (one input only).")
+@engine_option
 def decode(inputs, output, outdir, force, jobs, quiet, verbose, max_pixels, device, precision, model_dir, sd_dir, vae_dir,
-           fmt, timestep_map):
+           fmt, timestep_map, engine):
     """Decompress .tadm files (files, folders, or '-' for stdin) to images."""
+    if engine == "ray":
+        from tadmcodec.cli_ray import decode_on_ray
+
+        sys.exit(decode_on_ray(inputs, output, outdir, force, quiet, verbose, max_pixels, device, precision,
+                               model_dir, sd_dir, vae_dir, fmt, timestep_map))
     suffix = "." + (fmt or "png")
     job_list = plan(inputs, (".tadm",), output, outdir, suffix)
     if timestep_map is not None and len(job_list) != 1:
