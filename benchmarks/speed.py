@@ -9,6 +9,19 @@ additionally torch's peak allocated GPU memory on CUDA. The encode run times
     python benchmarks/speed.py --random-tiny --sizes 1024 --decode-sizes 8192
     python benchmarks/speed.py --model tadm-sd21-x16=/path/to/model --devices cuda
 
+Whole `tadm` processes (issue 17: what a user waits for), with --cli:
+
+    python benchmarks/speed.py --model tadm-tiny-x16=DIR --devices cpu --sizes 768x512 --repeat 5 \
+        --cli --light --batch 24 --jobs 1 2
+
+adds, per model and size, `start-up (process)` (a process that imports what `tadm` imports
+and loads the model, touching no pixel: process start + imports + model load), `decode
+(process)` and `encode (process)` (`tadm decode`/`tadm encode` of one file, spawn to exit;
+their `load s` column is the start-up median, the rest is compute and I/O); --light adds
+`tadm --help`, `tadm models` and `tadm info` as whole processes and says whether each imported
+torch; --batch N adds `tadm decode -d OUT DIR` over N copies of the file for each --jobs value,
+with images/s and the per-file cost after start-up beside the decode compute alone.
+
 Results go to benchmarks/results/speed.json and speed.md (merged with what is
 there, keyed by model, device and size), so runs on several machines add up.
 A model named `random-micro-*` is an untrained random-weight micro model: its
@@ -78,6 +91,150 @@ WORKER = textwrap.dedent(r"""
 """)
 
 
+STARTUP_WORKER = textwrap.dedent(r"""
+    import sys
+    from tadmcodec.cli import main  # what `tadm` imports before it runs a command
+    from tadmcodec.codec import Codec
+    from pathlib import Path
+    name, folder, device = sys.argv[1:4]
+    codec = Codec(device=device, model_dirs={} if folder == "-" else {name: Path(folder)})
+    spec = codec.spec(name)
+    codec.digest(spec)  # decode checks the file's digest before it loads the model
+    codec.rescaler(spec)
+""")
+
+
+LAUNCHER = textwrap.dedent(r"""
+    import json, os, sys, time
+    t = time.perf_counter()
+    pid = os.fork()
+    if pid == 0:
+        os.execv(sys.argv[2], sys.argv[2:])
+    _, status, usage = os.wait4(pid, 0)
+    with open(sys.argv[1], "w") as f:
+        json.dump({"seconds": time.perf_counter() - t, "rc": os.waitstatus_to_exitcode(status),
+                   "peak_rss_mb": usage.ru_maxrss / 1024}, f)
+""")
+"""Times one process and reads its own peak RSS. A child forked straight from this script would
+inherit this script's peak (torch is loaded here) through fork and exec, so a small launcher
+forks it instead and reports its wait4 rusage."""
+
+
+def run_process(cmd: list[str], timeout: int, cwd: Path | None = None) -> dict:
+    """One whole process: wall seconds from its fork to its exit and its own peak RSS."""
+    with tempfile.TemporaryDirectory() as tmp:
+        report, err_path = Path(tmp) / "report.json", Path(tmp) / "stderr"
+        with open(err_path, "wb") as err:
+            proc = subprocess.Popen([sys.executable, "-c", LAUNCHER, str(report), *cmd], stdout=subprocess.DEVNULL,
+                                    stderr=err, cwd=cwd or ROOT, start_new_session=True)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, 9)  # the launcher and the process it runs
+                proc.wait()
+                return {"error": f"killed after {timeout} s"}
+        if not report.is_file():
+            return {"error": f"launcher failed (exit {proc.returncode})"}
+        r = json.loads(report.read_text())
+        if r["rc"] != 0:
+            lines = err_path.read_text(errors="replace").strip().splitlines()
+            return {"error": (lines or [f"exit {r['rc']}"])[-1]}
+    return {"seconds": r["seconds"], "peak_rss_mb": r["peak_rss_mb"]}
+
+
+def tadm_cmd(*args: str) -> list[str]:
+    """`tadm ARGS` as this interpreter runs it (the console script is the same entry point)."""
+    return [sys.executable, "-m", "tadmcodec", *args]
+
+
+def imported_heavy(args: list[str]) -> list[str]:
+    """The heavy packages a `tadm ARGS` process imports (torch, diffusers, peft, ...), from -X importtime."""
+    p = subprocess.run([sys.executable, "-X", "importtime", "-m", "tadmcodec", *args], capture_output=True,
+                       text=True, cwd=ROOT)
+    names = {line.rsplit("|", 1)[-1].strip() for line in p.stderr.splitlines() if line.startswith("import time:")}
+    return sorted(names & {"torch", "diffusers", "peft", "transformers", "accelerate"})
+
+
+def photo_png(path: Path, w: int, h: int) -> Path:
+    """The worker's gradient-plus-noise photo as a PNG file (for the CLI rows)."""
+    import numpy as np
+    from PIL import Image
+
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = np.stack([x * 255 / w, y * 255 / h, 128 + 60 * np.sin(x / 37) * np.cos(y / 23)], axis=2)
+    img = np.clip(img + np.random.default_rng(0).normal(0, 8, img.shape), 0, 255).astype(np.uint8)
+    Image.fromarray(img).save(path)
+    return path
+
+
+def cli_rows(name: str, folder: str, device: str, size: int | str, tmp: Path, args: argparse.Namespace,
+             compute: dict[str, float]) -> list[dict]:
+    """Whole-process rows for one model and size: start-up, decode, encode, and the batches."""
+    w, h = size_wh(size)
+    mp = w * h / 1e6
+    model_opts = ["-m", name.split("@")[0]] if not name.startswith("random-micro") else ["-m", "tadm-tiny-x16"]
+    dir_opts = [] if folder == "-" else ["--model-dir", folder]
+    work = tmp / f"cli-{name}-{device}-{w}x{h}"
+    work.mkdir(parents=True, exist_ok=True)
+    png, tadm = photo_png(work / "photo.png", w, h), work / "photo.tadm"
+    made = run_process(tadm_cmd("encode", *model_opts, *dir_opts, "--device", device, "-q", "-f", str(png),
+                                "-o", str(tadm)), args.timeout)
+    if "error" in made:
+        return [{"model": name, "device": device, "mode": "encode (process)", "size": size, **made}]
+    spec_name = model_opts[1]
+    start = repeated(args.repeat, lambda: run_process(
+        [sys.executable, "-c", STARTUP_WORKER, spec_name, folder, device], args.timeout))
+    load = start.get("seconds", float("nan"))
+    rows = [{"model": name, "device": device, "mode": "start-up (process)", "size": size, **start,
+             "note": "process start + imports + model load, no pixels"}]
+    for op, cmd in (
+        ("decode", tadm_cmd("decode", *dir_opts, "--device", device, "-q", "-f", str(tadm), "-o",
+                            str(work / "out.png"))),
+        ("encode", tadm_cmd("encode", *model_opts, *dir_opts, "--device", device, "-q", "-f", str(png), "-o",
+                            str(work / "again.tadm"))),
+    ):
+        r = repeated(args.repeat, lambda: run_process(cmd, args.timeout))
+        note = ""
+        if "error" not in r and op in compute:
+            note = f"start-up {load:.2f} s + the rest {r['seconds'] - load:.2f} s (compute alone {compute[op]:.2f} s)"
+        rows.append({"model": name, "device": device, "mode": f"{op} (process)", "size": size, "load_s": load,
+                     "s_per_mp": r.get("seconds", 0) / mp, **r, "note": note})
+    if args.batch:
+        src = work / "batch"
+        src.mkdir(exist_ok=True)
+        for i in range(args.batch):  # copies of one file: every decode is the same work, none is cached
+            (src / f"f{i:02d}.tadm").write_bytes(tadm.read_bytes())
+        for jobs in args.jobs:
+            out = work / f"batch-out-{jobs}"
+            r = repeated(args.repeat, lambda: run_process(
+                tadm_cmd("decode", *dir_opts, "--device", device, "-q", "-f", "-j", str(jobs), "-d", str(out),
+                         str(src)), args.timeout))
+            note = ""
+            if "error" not in r:
+                per = (r["seconds"] - load) / args.batch
+                note = (f"{args.batch / r['seconds']:.2f} images/s; per file after start-up {per:.2f} s"
+                        + (f" (decode compute alone {compute['decode']:.2f} s)" if "decode" in compute else ""))
+                r["images_per_s"] = args.batch / r["seconds"]
+            rows.append({"model": name, "device": device, "mode": f"decode batch of {args.batch}, --jobs {jobs}",
+                         "size": size, "load_s": load, "s_per_mp": r.get("seconds", 0) / (mp * args.batch), **r,
+                         "note": note})
+    return rows
+
+
+def light_rows(args: argparse.Namespace, tmp: Path) -> list[dict]:
+    """`tadm --help`, `tadm models` and `tadm info` as whole processes (issue 17: 0.3 s, no torch)."""
+    png = photo_png(tmp / "light.png", 64, 48)
+    f = tmp / "light.tadm"
+    run_process(tadm_cmd("encode", "-m", "bicubic", "-s", "16", "-q", "-f", str(png), "-o", str(f)), args.timeout)
+    rows = []
+    for argv in (["--help"], ["models"], ["info", str(f)]):
+        r = repeated(args.repeat, lambda: run_process(tadm_cmd(*argv), args.timeout))
+        heavy = imported_heavy(argv)
+        rows.append({"model": "-", "device": "cpu", "mode": f"tadm {argv[0]} (process)", "size": "-", **r,
+                     "imports": heavy, "note": "imports " + (", ".join(heavy) if heavy else "no torch")})
+    return rows
+
+
 def parse_size(text: str) -> int | str:
     """'1024' (a square) or '768x512' (width x height); squares stay ints so earlier rows still match."""
     w, _, h = text.lower().partition("x")
@@ -94,6 +251,8 @@ def size_wh(size: int | str) -> tuple[int, int]:
 
 
 def size_label(size: int | str) -> str:
+    if size == "-":
+        return "-"
     return f"{size}²" if isinstance(size, int) else str(size)
 
 
@@ -172,12 +331,14 @@ def write(results: list[dict], meta: dict) -> None:
     for r in results:
         r = {**r, "machine": meta}
         merged[run_key(r)] = r
-    runs = sorted(merged.values(), key=lambda r: (r["model"], r["device"], r["mode"], size_wh(r["size"])))
+    runs = sorted(merged.values(), key=lambda r: (r["model"], r["device"], r["mode"], _size_key(r["size"])))
     path.write_text(json.dumps({"runs": runs}, indent=1) + "\n")
     lines = ["# Speed and memory", "",
              "Written by `python benchmarks/speed.py`. s/MP = seconds per megapixel of the *original* image;",
              "peak RSS is the whole process (Python + torch + weights + buffers); GPU = torch's peak allocation.",
-             "`random-micro-*` rows use an untrained micro model: pipeline overhead and memory bounds only.", "",
+             "`random-micro-*` rows use an untrained micro model: pipeline overhead and memory bounds only.",
+             "`(process)` rows time a whole `tadm` process from spawn to exit (peak RSS: that process's); "
+             "for them `load s` is the start-up row (process start + imports + model load).", "",
              "| model | device | dtype | op | size | seconds | s/MP | peak RSS MB | peak GPU MB | load s | machine |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
@@ -190,11 +351,20 @@ def write(results: list[dict], meta: dict) -> None:
         where = f"{m.get('cpu', '?')}{simd} ({m.get('cpu_count', '?')} cores)" + (f", {r['gpu']}" if "gpu" in r else "")
         where += f"; {m['note']}" if m.get("note") else ""
         gpu = f"{r['peak_gpu_mb']:.0f}" if "peak_gpu_mb" in r else "-"
+        note = f"; {r['note']}" if r.get("note") else ""
         lines.append(
-            f"| {r['model']} | {r['device']} | {r['dtype']} | {r['mode']} | {size_label(r['size'])} | {r['seconds']:.2f} | "
-            f"{r['s_per_mp']:.3f} | {r['peak_rss_mb']:.0f} | {gpu} | "
-            f"{r['load_s']:.2f} | {where}{runs_of(r)} |")
+            f"| {r['model']} | {r['device']} | {r.get('dtype', '-')} | {r['mode']} | {size_label(r['size'])} | "
+            f"{r['seconds']:.2f} | {_num(r, 's_per_mp', '.3f')} | {_num(r, 'peak_rss_mb', '.0f')} | {gpu} | "
+            f"{_num(r, 'load_s', '.2f')} | {where}{note}{runs_of(r)} |")
     (RESULTS / "speed.md").write_text("\n".join(lines) + "\n")
+
+
+def _num(r: dict, key: str, fmt: str) -> str:
+    return format(r[key], fmt) if isinstance(r.get(key), (int, float)) else "-"
+
+
+def _size_key(size: int | str) -> tuple[int, int]:
+    return (0, 0) if size == "-" else size_wh(size)
 
 
 def runs_of(r: dict) -> str:
@@ -216,6 +386,14 @@ def main() -> None:
                     help="fresh processes per measurement; the row keeps the median and lists them all")
     ap.add_argument("--timeout", type=int, default=3600)
     ap.add_argument("--note", default="", help="recorded with each run (e.g. 'shared machine, load 6')")
+    ap.add_argument("--cli", action="store_true",
+                    help="also whole `tadm` processes per model and size: start-up, decode, encode")
+    ap.add_argument("--light", action="store_true", help="also `tadm --help`, `models` and `info` as processes")
+    ap.add_argument("--batch", type=int, default=0, metavar="N",
+                    help="with --cli: `tadm decode -d OUT DIR` over N files, for each --jobs value")
+    ap.add_argument("--jobs", type=int, nargs="*", default=[1, 2], help="--jobs values for --batch")
+    ap.add_argument("--no-worker", action="store_true",
+                    help="skip the in-process encode/decode rows (only with --cli or --light)")
     args = ap.parse_args()
 
     models = [(m.split("=")[0], m.split("=", 1)[1] if "=" in m else "-") for m in args.model]
@@ -226,21 +404,34 @@ def main() -> None:
         sys.path.insert(0, str(ROOT))
         from tadmcodec.tadm.testing import make_random_model_dir
 
-        models.append(("random-micro-x16", str(make_random_model_dir(Path(tmp.name) / "micro", 16))))
+        models.append(("random-micro-x16", str(make_random_model_dir(Path(tmp.name) / "micro", 16, adapters=False))))
     results = []
     for name, folder in models:
         for device in args.devices or devices_here():
             for size in args.sizes:
                 lr_path = str(Path(tmp.name) / f"lr-{size}.npy")
+                compute: dict[str, float] = {}
                 for mode in ("encode", "decode"):
+                    if args.no_worker:
+                        continue
                     r = repeated(args.repeat, lambda: run_worker(name, folder, device, mode, size, lr_path,
                                                                  args.timeout))
                     results.append({"model": name, "device": device, "mode": mode, "size": size, **r})
                     print(json.dumps(results[-1]), flush=True)
+                    if "error" not in r:
+                        compute[mode] = r["seconds"]
+                if args.cli:
+                    for row in cli_rows(name, folder, device, size, Path(tmp.name), args, compute):
+                        results.append(row)
+                        print(json.dumps(row), flush=True)
             for size in args.decode_sizes:
                 r = repeated(args.repeat, lambda: run_worker(name, folder, device, "decode", size, "-", args.timeout))
                 results.append({"model": name, "device": device, "mode": "decode", "size": size, **r})
                 print(json.dumps(results[-1]), flush=True)
+    if args.light:
+        for row in light_rows(args, Path(tmp.name)):
+            results.append(row)
+            print(json.dumps(row), flush=True)
     write(results, {**machine(), "note": args.note} if args.note else machine())
     tmp.cleanup()
 

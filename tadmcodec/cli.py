@@ -169,7 +169,45 @@ def with_options(options):
     return deco
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """A click group that imports a command's module only when that command is needed.
+
+    The optional commands (bench, demo, train, import-official) live in their own
+    modules; importing them all at start-up charged every `tadm info` and `tadm
+    models` for code it never runs. Here they are registered by name: `tadm
+    --help` and `tadm NAME` import the module, other commands never do. A module
+    that is not installed is simply not listed.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy_commands: dict[str, tuple[str, str]] = {}  # name -> (module, attribute)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        import importlib.util
+
+        lazy = {n for n, (module, _) in self.lazy_commands.items() if importlib.util.find_spec(module) is not None}
+        return sorted(set(super().list_commands(ctx)) | lazy)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd is not None or cmd_name not in self.lazy_commands:
+            return cmd
+        import importlib
+
+        module, attr = self.lazy_commands[cmd_name]
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            return None
+        cmd = getattr(mod, attr)
+        self.add_command(cmd, cmd_name)
+        return cmd
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="tadm")
 def main() -> None:
     """tadm: extreme-ratio image codec (0.01-0.2 bpp) built on TADM."""
@@ -380,22 +418,16 @@ def models(as_json):
 
 
 def _register_optional_commands() -> None:
-    """Commands that live in their own modules (benchmark, demo, training, importer)."""
-    import importlib
+    """Commands that live in their own modules (benchmark, demo, training, importer), by name only.
 
-    for module, names in (
-        ("tadmcodec.cli_bench", ("bench_command", "demo_command")),
-        ("tadmcodec.cli_import", ("import_official_command",)),
-        ("tadmcodec.cli_train", ("train_command",)),
-    ):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            continue
-        for n in names:
-            main.add_command(getattr(mod, n))
+    Nothing is imported here (see `LazyGroup`): start-up work at import time is paid by every call.
+    """
+    main.lazy_commands.update({
+        "bench": ("tadmcodec.cli_bench", "bench_command"),
+        "demo": ("tadmcodec.cli_bench", "demo_command"),
+        "import-official": ("tadmcodec.cli_import", "import_official_command"),
+        "train": ("tadmcodec.cli_train", "train_command"),
+    })
 
 
 def usage_line(exc: click.ClickException) -> str:

@@ -40,3 +40,25 @@ def test_repeated_keeps_the_median_run_and_lists_every_time() -> None:
     assert r["seconds"] == 3.1 and r["seconds_all"] == [3.4, 2.9, 3.1]
     assert speed.repeated(2, lambda: {"error": "boom"}) == {"error": "boom"}
     assert "seconds_all" not in speed.repeated(1, lambda: {"seconds": 1.0})
+
+
+def test_process_rows_time_a_whole_process_and_read_its_own_peak_rss() -> None:
+    import sys
+
+    r = speed.run_process([sys.executable, "-c", "x = bytearray(200 * 2**20); x[::4096] = b'1' * len(x[::4096])"], 120)
+    assert r["seconds"] > 0 and 200 <= r["peak_rss_mb"] < 400  # its own 200 MB, not this process's peak
+    assert speed.run_process([sys.executable, "-c", "raise SystemExit('tadm: no such file')"], 60) == \
+        {"error": "tadm: no such file"}
+    assert speed.run_process([sys.executable, "-c", "import time; time.sleep(60)"], 1) == {"error": "killed after 1 s"}
+
+
+def test_process_and_batch_rows_are_written_without_the_worker_fields(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(speed, "RESULTS", tmp_path)
+    rows = [{"model": "-", "device": "cpu", "mode": "tadm --help (process)", "size": "-", "seconds": 0.2,
+             "peak_rss_mb": 40.0, "note": "imports no torch"},
+            {"model": "tadm-tiny-x16", "device": "cpu", "mode": "decode batch of 24, --jobs 2", "size": "768x512",
+             "seconds": 50.0, "s_per_mp": 5.3, "peak_rss_mb": 900.0, "load_s": 1.5, "note": "0.48 images/s"}]
+    speed.write(rows, {"cpu": "AMD EPYC", "cpu_count": 2, "simd": "AVX2"})
+    md = (tmp_path / "speed.md").read_text()
+    assert "| - | cpu | - | tadm --help (process) | - | 0.20 | - | 40 | - | - |" in md
+    assert "decode batch of 24, --jobs 2 | 768x512 | 50.00 | 5.300 | 900 | - | 1.50 |" in md and "0.48 images/s" in md

@@ -54,7 +54,7 @@ def test_folder_layout_and_config_roundtrip(folder: Path) -> None:
 
 def test_saved_and_loaded_model_computes_the_same(tmp_path: Path) -> None:
     mem = make_random_model(16, seed=4)
-    save_model_dir(tmp_path / "a", mem, fp32=True)
+    save_model_dir(tmp_path / "a", mem, fp32=True, adapters=True)
     loaded = load_model_dir(tmp_path / "a")  # LoRA merged on load
     mem.merge_lora()
     z = torch.randn(1, 4, 6, 8)
@@ -64,7 +64,7 @@ def test_saved_and_loaded_model_computes_the_same(tmp_path: Path) -> None:
         assert torch.allclose(a, b, atol=1e-5) and torch.allclose(ta, tb)
         assert torch.allclose(mem.decode_latent(a), loaded.decode_latent(a), atol=1e-5)
     with pytest.raises(ModelError, match="merged"):
-        save_model_dir(tmp_path / "b", loaded)  # a merged model cannot be saved as adapters
+        save_model_dir(tmp_path / "b", loaded, adapters=True)  # a merged model cannot be saved as adapters
     half = make_random_model(16, seed=4)
     save_model_dir(tmp_path / "h", half)  # fp16 by default
     assert all(v.dtype == torch.float16 for v in load_file(str(tmp_path / "h" / S.DFRM_FILE)).values())

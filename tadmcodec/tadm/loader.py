@@ -9,17 +9,29 @@ models) or "diffusers" (a local Stable Diffusion 2.1 diffusers folder from
 --sd-dir / $TADM_SD21_DIR, optionally a separate VAE folder such as
 sd-vae-ft-mse; model.json records the SHA-256 of each backbone file, checked
 on load, so the registry's digest of the folder still covers the weights).
+
+Start-up cost is most of a one-file `tadm` call on a CPU, so loading does no work
+it can skip: every module is built on the meta device and takes the safetensors
+tensors as they are (no random init to overwrite); an exported inline model has
+its LoRA merged into vae/unet.safetensors, so peft is neither imported nor run
+(older folders with adapter files still load, through peft); and the diffusers
+classes come from their own modules. What import time is left is mostly what
+those modules import themselves (torch._dynamo, and transformers, peft and
+accelerate when installed), which diffusers decides: benchmarks/startup.py
+measures it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import logging
 import os
 import warnings
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +42,7 @@ from torch import nn
 
 from tadmcodec.errors import ModelError
 from tadmcodec.tadm import spec as S
-from tadmcodec.tadm.spec import BackboneSpec, LoraSpec, TadmConfig
+from tadmcodec.tadm.spec import BackboneSpec, TadmConfig
 
 if TYPE_CHECKING:
     from tadmcodec.registry import ModelSpec
@@ -86,19 +98,35 @@ def _check_state(module: nn.Module, state: dict[str, torch.Tensor], where: Path 
             raise ModelError(f"{where}: {k} has shape {tuple(v.shape)}, {implied} implies {tuple(own[k].shape)}")
 
 
-def load_strict(module: nn.Module, state: dict[str, torch.Tensor], where: Path | str) -> None:
-    """load_state_dict that reports the first missing/unexpected key or bad shape by file."""
-    _check_state(module, state, where, "model.json", counts=True)
-    module.load_state_dict(state, strict=True)
+def _load_assign(module: nn.Module, state: dict[str, torch.Tensor], where: Path | str,
+                 against: str = "its config") -> None:
+    """Load weights into a module built on the meta device: its tensors become the file's.
 
-
-def _load_assign(module: nn.Module, state: dict[str, torch.Tensor], where: Path | str) -> None:
-    """Load weights into a module built on the meta device (no random init of big backbones)."""
-    _check_state(module, state, where, "its config", counts=False)
+    Building on the meta device allocates and initialises nothing, so a load costs
+    reading the file and nothing else (a random init that the file then overwrites
+    was a second full pass over every weight). Any tensor the file does not fill
+    would stay on the meta device; that is an error naming it.
+    """
+    _check_state(module, state, where, against, counts=against == "model.json")
     module.load_state_dict(state, strict=True, assign=True)
     left = [n for n, t in list(module.named_parameters()) + list(module.named_buffers()) if t.is_meta]
     if left:
         raise ModelError(f"{where}: no weights for {left[0]}")
+
+
+def diffusers_classes() -> tuple[type, type]:
+    """(AutoencoderKL, UNet2DConditionModel) from their own modules.
+
+    `from diffusers import AutoencoderKL` resolves through diffusers' lazy
+    top-level namespace; naming the modules skips that lookup and says which
+    code the codec runs. It saves little: the package `__init__`s on the way
+    still run, and the modules' own imports (which diffusers decides) are most
+    of the import time; benchmarks/startup.py measures both.
+    """
+    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+    from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
+
+    return AutoencoderKL, UNet2DConditionModel
 
 
 def _hash_cache() -> dict[str, Any]:
@@ -178,7 +206,7 @@ def _plain(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def _backbone(config: TadmConfig, folder: Path | None, sd_dir: Any, vae_dir: Any,
               load_weights: bool, verify: bool) -> tuple[nn.Module, nn.Module]:
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    AutoencoderKL, UNet2DConditionModel = diffusers_classes()
 
     b = config.backbone
     if b.kind == "inline":
@@ -220,22 +248,25 @@ def build_model(config: TadmConfig, folder: Path | None = None, *, sd_dir: Any =
     """A TadmModel for the config: weights from `folder` (or random heads if load_weights is False).
 
     With load_weights=False an inline backbone is random too (tests, training from scratch).
-    LoRA adapters from the config are injected and, when loading, filled from the adapter files.
+    Loading builds every module on the meta device and assigns the file's tensors.
+    LoRA adapters named by the config (older exports, and models on an external
+    backbone) are injected through peft and filled from the adapter files; a
+    config without LoRA never imports peft.
     """
     from tadmcodec.tadm.dfrm import DFRM
-    from tadmcodec.tadm.lora import add_lora, load_adapter
     from tadmcodec.tadm.model import TadmModel
     from tadmcodec.tadm.scheduler import Refiner
     from tadmcodec.tadm.tpm import TimeMapping
 
     vae, unet = _backbone(config, folder, sd_dir, vae_dir, load_weights, verify_backbone)
     lat = config.dfrm.latent_channels
-    dfrm, tpm, refiner = DFRM(config.scale, config.dfrm), TimeMapping(config.tpm, lat), Refiner(config.refiner, lat)
+    with torch.device("meta") if load_weights else contextlib.nullcontext():
+        dfrm, tpm, refiner = DFRM(config.scale, config.dfrm), TimeMapping(config.tpm, lat), Refiner(config.refiner, lat)
     cross = unet.config.cross_attention_dim
     if load_weights:
         assert folder is not None
         for module, name in ((dfrm, S.DFRM_FILE), (tpm, S.TPM_FILE), (refiner, S.REFINER_FILE)):
-            load_strict(module, read_weights(folder / name), folder / name)
+            _load_assign(module, read_weights(folder / name), folder / name, against="model.json")
         prompts = read_weights(folder / S.PROMPT_FILE)
         if PROMPT_KEY not in prompts:
             raise ModelError(f"{folder / S.PROMPT_FILE} has no {PROMPT_KEY!r} tensor")
@@ -246,15 +277,18 @@ def build_model(config: TadmConfig, folder: Path | None = None, *, sd_dir: Any =
     else:
         prompt = torch.zeros(1, config.text_len, cross)
     model = TadmModel(config, vae, unet, prompt.float(), dfrm, tpm, refiner)
-    with quiet():
-        for target, lspec, fname in ((unet, config.lora_unet, S.UNET_ADAPTER_FILE),
-                                     (vae, config.lora_vae, S.VAE_ADAPTER_FILE)):
-            if lspec is None:
-                continue
-            add_lora(target, lspec)
-            if load_weights:
-                assert folder is not None
-                load_adapter(target, lspec, read_weights(folder / fname), str(folder / fname))
+    adapters = [(target, lspec, fname) for target, lspec, fname in (
+        (unet, config.lora_unet, S.UNET_ADAPTER_FILE), (vae, config.lora_vae, S.VAE_ADAPTER_FILE))
+        if lspec is not None]
+    if adapters:
+        from tadmcodec.tadm.lora import add_lora, load_adapter  # peft: only for folders that keep adapters
+
+        with quiet():
+            for target, lspec, fname in adapters:
+                add_lora(target, lspec)
+                if load_weights:
+                    assert folder is not None
+                    load_adapter(target, lspec, read_weights(folder / fname), str(folder / fname))
     return model
 
 
@@ -316,36 +350,65 @@ def _base_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_model_dir(folder: str | os.PathLike, model: "TadmModel", *, fp32: bool = False) -> Path:
+def _merged_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The weights of `module` with its LoRA folded in, under the plain key names.
+
+    Merges a float32 copy, so the training model the caller holds keeps its
+    adapters (export may run mid-training) and the sum is not rounded to a
+    low-precision training dtype before the final cast.
+    """
+    from tadmcodec.tadm.lora import has_lora, merge_lora
+
+    if not has_lora(module):
+        return _base_state(module)
+    with quiet():
+        merged = merge_lora(copy.deepcopy(module).float())
+    return _base_state(merged)
+
+
+def save_model_dir(folder: str | os.PathLike, model: "TadmModel", *, fp32: bool = False,
+                   adapters: bool = False) -> Path:
     """Write `model.json` and the safetensors of a TadmModel (fp16 unless fp32=True).
 
-    Training and the official-checkpoint importer use this. Adapters are saved
-    unmerged (the LoRA config stays in model.json); a merged model can only be
-    saved if its config has no LoRA. Returns the folder.
+    Training export and the official-checkpoint importer use this. On an inline
+    backbone the LoRA is merged into vae/unet.safetensors and model.json names
+    no LoRA, so loading needs no peft and no merge: merging the tiny model's
+    adapters took longer than the rest of its load. The model passed in is not
+    changed. With `adapters=True` (or on a "diffusers" backbone, whose weights
+    stay outside the folder: merging would copy the whole UNet into it) the
+    adapters are saved unmerged and the LoRA config stays in model.json; an
+    already merged model cannot be saved that way. Returns the folder.
     """
-    from tadmcodec.tadm.lora import adapter_state_dict, has_lora
-
     out = Path(folder).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     cfg = model.config
     dtype = torch.float32 if fp32 else torch.float16
-    for lspec, module, what in ((cfg.lora_unet, model.unet, "UNet"), (cfg.lora_vae, model.vae, "VAE")):
-        if lspec is not None and not has_lora(module):
-            raise ModelError(f"model.json asks for a {what} LoRA but the model has none "
-                             "(merged models cannot be saved as adapters)")
+    lora = [(lspec, module, what, name) for lspec, module, what, name in (
+        (cfg.lora_unet, model.unet, "UNet", S.UNET_ADAPTER_FILE),
+        (cfg.lora_vae, model.vae, "VAE", S.VAE_ADAPTER_FILE)) if lspec is not None]
+    merge = cfg.backbone.kind == "inline" and not adapters
+    if lora:
+        from tadmcodec.tadm.lora import adapter_state_dict, has_lora
+
+        for lspec, module, what, _ in lora:
+            if not has_lora(module) and not (merge and model.lora_merged):
+                raise ModelError(f"model.json asks for a {what} LoRA but the model has none "
+                                 "(merged models cannot be saved as adapters)")
     files: dict[str, dict[str, torch.Tensor]] = {
         S.DFRM_FILE: model.dfrm.state_dict(),
         S.TPM_FILE: model.tpm.state_dict(),
         S.REFINER_FILE: model.refiner.state_dict(),
         S.PROMPT_FILE: {PROMPT_KEY: model.prompt_embeds.reshape(1, -1, model.prompt_embeds.shape[-1])},
     }
-    if cfg.backbone.kind == "inline":
-        files[S.VAE_FILE] = _base_state(model.vae)
-        files[S.UNET_FILE] = _base_state(model.unet)
-    adapters: tuple[tuple[LoraSpec | None, nn.Module, str], ...] = (
-        (cfg.lora_unet, model.unet, S.UNET_ADAPTER_FILE), (cfg.lora_vae, model.vae, S.VAE_ADAPTER_FILE))
-    for lspec, module, name in adapters:
-        if lspec is not None:
+    if merge:
+        files[S.VAE_FILE] = _merged_state(model.vae) if cfg.lora_vae is not None else _base_state(model.vae)
+        files[S.UNET_FILE] = _merged_state(model.unet) if cfg.lora_unet is not None else _base_state(model.unet)
+        cfg = replace(cfg, lora_unet=None, lora_vae=None)
+    else:
+        if cfg.backbone.kind == "inline":
+            files[S.VAE_FILE] = _base_state(model.vae)
+            files[S.UNET_FILE] = _base_state(model.unet)
+        for lspec, module, _, name in lora:
             files[name] = adapter_state_dict(module, lspec)
     known = {S.DFRM_FILE, S.TPM_FILE, S.REFINER_FILE, S.PROMPT_FILE, S.VAE_FILE, S.UNET_FILE,
              S.UNET_ADAPTER_FILE, S.VAE_ADAPTER_FILE}

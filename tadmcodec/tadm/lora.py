@@ -6,6 +6,11 @@ them, e.g. the UNet's conv_in in the official recipe). Loading injects the same
 adapters, loads those weights strictly (every key must match), and `merge_lora`
 folds them into the base weights and removes the peft wrappers, so inference
 runs plain convs and linears at no extra cost.
+
+Export (`loader.save_model_dir`) does that merge once and saves the merged
+backbone, so decoding an exported model never imports this module or peft;
+only older folders that keep adapter files, and models on an external
+backbone, are injected and merged at every load.
 """
 
 from __future__ import annotations

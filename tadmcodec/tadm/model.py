@@ -16,8 +16,9 @@ the LR image must be rounded from float32 values); the UNet runs in `dtype`
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
 from torch import nn
 
 from tadmcodec.tadm.dfrm import DFRM
@@ -25,6 +26,10 @@ from tadmcodec.tadm.scheduler import HybridScheduler, Refiner
 from tadmcodec.tadm.spec import TadmConfig
 from tadmcodec.tadm.tiling import pad_latent
 from tadmcodec.tadm.tpm import TimeMapping
+
+if TYPE_CHECKING:  # annotations only: the loader imports the diffusers modules it builds
+    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+    from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 
 
 class TadmModel(nn.Module):
@@ -133,6 +138,8 @@ class TadmModel(nn.Module):
 
     def merge_lora(self) -> "TadmModel":
         """Fold the adapters into the base weights (inference); the model can no longer be saved as adapters."""
+        if self.config.lora_unet is None and self.config.lora_vae is None:
+            return self  # nothing injected (a merged export): no need to import peft to find that out
         from tadmcodec.tadm.lora import has_lora, merge_lora
 
         for m in (self.unet, self.vae):

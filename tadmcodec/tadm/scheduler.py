@@ -17,8 +17,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from diffusers import DDPMScheduler
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
+from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
 from torch import nn
 
 from tadmcodec.tadm.blocks import ConvBlock, ResidualBlockNoBN

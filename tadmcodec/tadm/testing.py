@@ -2,7 +2,9 @@
 
 `make_random_model_dir(path, scale)` writes a complete model folder (inline
 micro backbone, DFRM, TPM, refiner, empty-prompt embedding, unmerged LoRA
-adapters) that `registry.with_weights_dir(registry.get("tadm-tiny-x16"), path)`
+adapters: the older layout, loaded through peft; `adapters=False` merges them
+into the backbone weights as `tadm train --export` does) that
+`registry.with_weights_dir(registry.get("tadm-tiny-x16"), path)`
 loads through the normal code path. Every weight is random and non-zero -
 including the zero-initialised ones (INN output convs, the refiner's zero conv,
 LoRA B matrices) - so tests of invertibility, merging and tiling cannot pass
@@ -87,15 +89,19 @@ def make_random_model(scale: int, seed: int = 0, **kwargs: Any):
     return model.eval()
 
 
-def make_random_model_dir(path: str | Path, scale: int, seed: int = 0, **kwargs: Any) -> Path:
+def make_random_model_dir(path: str | Path, scale: int, seed: int = 0, adapters: bool = True,
+                          **kwargs: Any) -> Path:
     """Write a random micro model folder for `scale` (8, 16 or 32) to `path`; returns it.
 
-    kwargs go to `micro_config` (e.g. `tiling=TilingConfig(...)`, `lora=False`).
+    Adapter files by default, so the many tests built on this folder keep
+    exercising the injection and merge on load; `adapters=False` writes the
+    merged layout that export produces. kwargs go to `micro_config` (e.g.
+    `tiling=TilingConfig(...)`, `lora=False`).
     """
     from tadmcodec.tadm.loader import save_model_dir
 
     model = make_random_model(scale, seed, **kwargs)
-    return save_model_dir(path, model, fp32=True)
+    return save_model_dir(path, model, fp32=True, adapters=adapters)
 
 
 def with_tiling(config_tiling: TilingConfig | None = None, **changes: Any) -> TilingConfig:
