@@ -217,7 +217,8 @@ def main() -> None:
 @click.argument("inputs", nargs=-1, required=True, metavar="IN...")
 @with_options(common_output)
 @click.option("-s", "--scale", type=click.Choice(["8", "16", "32"]), help="Downscaling factor (default: the model's, else 16).")
-@click.option("-m", "--model", metavar="NAME", help="Model (see `tadm models`; default: tadm-tiny-x16 if available, else bicubic).")
+@click.option("-m", "--model", metavar="NAME",
+              help="Model (see `tadm models`; default: the first stable model at the scale, else bicubic).")
 @click.option("--lr-codec", type=click.Choice(["auto", *container.LR_CODECS]), default="auto", show_default=True,
               help="Lossless codec for the LR image (auto = smallest).")
 @click.option("--metadata", type=click.Choice(METADATA_CHOICES), default="none", show_default=True,
@@ -403,6 +404,8 @@ def models(as_json):
             "scales": list(spec.scales),
             "available": ok,
             "default": spec.name == default,
+            "status": spec.status,
+            "standing": spec.status_line(),
             "where" if ok else "needs": why,
             "description": spec.description,
         }
@@ -413,6 +416,9 @@ def models(as_json):
             state = "available" if ok else "unavailable"
             scales = "/".join(f"x{s}" for s in spec.scales)
             click.echo(f"{mark} {spec.name:<15} {scales:<12} {state:<12} {spec.description}")
+            if spec.status in ("experimental", "retired") and ok:
+                click.echo(f"  {'':<15} {row['standing']}; runs only with -m {spec.name}"
+                           if spec.status == "experimental" else f"  {'':<15} {row['standing']}")
             if not ok:
                 click.echo(f"  {'':<15} needs: {why}")
 
