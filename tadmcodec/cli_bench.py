@@ -198,7 +198,7 @@ def _version(metadata, name: str) -> str:
 @click.option("--images", "count", type=click.IntRange(1), default=3, show_default=True,
               help="How many of scikit-image's bundled photos to use (up to 5).")
 @click.option("--max-size", type=click.IntRange(1), help="Shrink the photos to at most this many pixels on the long side.")
-@click.option("-m", "--model", metavar="NAME", help="Model (default: tadm-tiny-x16 if available, else bicubic).")
+@click.option("-m", "--model", metavar="NAME", help="Model (default: the first stable model, else bicubic).")
 @click.option("-s", "--scale", type=click.Choice(["8", "16", "32"]), help="Scale (default: the model's, else 16).")
 @click.option("--threads", type=click.IntRange(1), help="Torch threads (default: torch's).")
 @click.option("--device", default="cpu", show_default=True, help="Torch device for models and metrics.")
