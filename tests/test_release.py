@@ -122,3 +122,26 @@ def test_models_command_says_experimental_and_what_fails(tmp_path: Path, monkeyp
     rows = [json.loads(r) for r in CliRunner().invoke(cli.main, ["models", "--json"]).output.splitlines()]
     row = next(r for r in rows if r["name"] == "tadm-tiny-x32")
     assert row["available"] and row["status"] == "experimental" and not row["default"]
+
+
+SHARED_BACKBONE = Path(__file__).resolve().parents[2] / "shared" / "checkpoints" / "stage0-tiny-cpu" / "export"
+
+
+@pytest.mark.parametrize("name", ["tadm-tiny-x16", "tadm-tiny-x32"])
+def test_packaged_weights_are_enough_to_go_on_training(name: str) -> None:
+    """`tadm train --init tadmcodec/weights/<model>` on a new machine: every trained tensor is there."""
+    folder = registry.PACKAGE_WEIGHTS / name
+    if not (folder / "model.json").is_file():
+        pytest.skip(f"{name} has no packaged weights in this release")
+    if not SHARED_BACKBONE.is_dir():
+        pytest.skip("../shared (the stage-0 backbone the CPU config trains on) is absent")
+    from tadmcodec.train import stages as S
+
+    cfg = S.load_config(Path(S.__file__).parent / "configs" / f"{name}-cpu.json",
+                        {"backbone": {"dir": str(SHARED_BACKBONE)}})
+    model = S.build_training_model(cfg)
+    state = S.read_trainable(folder)
+    assert S.load_checkpoint_state(model, state, folder) == []  # nothing missing, nothing new
+    assert set(state) == set(S.checkpoint_state(model))
+    assert (folder / registry.RELEASE_FILE).is_file()
+    assert sum(p.stat().st_size for p in folder.iterdir()) <= 25 * 2**20
