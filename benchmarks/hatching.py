@@ -26,7 +26,6 @@ Writes <out>/<model>-x<scale>.md and .json (default out: benchmarks/results/hatc
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import sys
@@ -113,34 +112,19 @@ def path_of(model, name: str):
 
 
 def main() -> int:
-    from tadmcodec.bench.script_args import models_and_dirs, named_photos
+    from tadmcodec.bench.script_args import load_cpu_tadm, named_photos, one_model_parser
     from tadmcodec.errors import TadmError
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", required=True, metavar="NAME[=DIR]")
-    ap.add_argument("--scale", type=int, required=True, choices=(8, 16, 32))
-    ap.add_argument("--images", type=Path, default=ROOT.parent / "shared/data/urban100")
-    ap.add_argument("--names", nargs="+")
-    ap.add_argument("--limit", type=int)
-    ap.add_argument("--threads", type=int)
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/hatching")
+    ap = one_model_parser(__doc__.split("\n")[0], ROOT / "benchmarks/results/hatching",
+                          ROOT.parent / "shared/data/urban100")
     args = ap.parse_args()
     try:
-        import torch
         from PIL import Image
 
-        from tadmcodec import registry
         from tadmcodec.metrics import psnr
         from tadmcodec.rescaler import BicubicRescaler
-        from tadmcodec.tadm.loader import load_tadm
 
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        (name,), dirs = models_and_dirs([args.model])
-        spec = registry.get(name)
-        if name in dirs:
-            spec = registry.with_weights_dir(spec, dirs[name])
-        rescaler = load_tadm(spec, device="cpu")
+        name, rescaler = load_cpu_tadm(args.model, args.threads)
         photos = named_photos(args.images, args.names, args.limit)
         rows: dict[str, dict[str, float]] = {}
         args.out.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,8 @@
-"""Argument handling shared by the scripts in benchmarks/ (crops, quality bar)."""
+"""Argument handling shared by the scripts in benchmarks/ (crops, quality bar, PSNR budget, hatching)."""
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from tadmcodec import registry
@@ -41,3 +42,31 @@ def named_photos(folder: Path, names: list[str] | None = None, limit: int | None
     if not chosen:
         raise InputError(f"no photos in {folder}")
     return chosen[:limit] if limit else chosen
+
+
+def one_model_parser(description: str, default_out: Path, default_images: Path) -> argparse.ArgumentParser:
+    """The options of the scripts that study one TADM model on some photos at one scale."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--model", required=True, metavar="NAME[=DIR]")
+    ap.add_argument("--scale", type=int, required=True, choices=(8, 16, 32))
+    ap.add_argument("--images", type=Path, default=default_images)
+    ap.add_argument("--names", nargs="+")
+    ap.add_argument("--limit", type=int)
+    ap.add_argument("--threads", type=int)
+    ap.add_argument("--out", type=Path, default=default_out)
+    return ap
+
+
+def load_cpu_tadm(item: str, threads: int | None = None):
+    """(name, TadmRescaler on the CPU) for a `NAME[=DIR]` item; sets torch's threads first if given."""
+    import torch
+
+    from tadmcodec.tadm.loader import load_tadm
+
+    if threads:
+        torch.set_num_threads(threads)
+    (name,), dirs = models_and_dirs([item])
+    spec = registry.get(name)
+    if name in dirs:
+        spec = registry.with_weights_dir(spec, dirs[name])
+    return name, load_tadm(spec, device="cpu")
