@@ -207,3 +207,27 @@ def test_vae_decode_untiled_area(model) -> None:
         tiled = _tiler(model, decode_tile=12, decode_halo=8, decode_untiled_area=40 * 40 - 1).decode(z)
     assert np.array_equal(whole, ref)
     assert not np.array_equal(tiled, ref)
+
+
+def test_concurrent_tiled_passes_on_one_model_match_serial_ones(tmp_path) -> None:
+    """tadm encode/decode -j 2 share one model; a tiled VAE pass patches its GroupNorms while it
+    runs, so two at once once failed ("'_thread._local' object has no attribute 'box'")."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tadmcodec import registry
+    from tadmcodec.codec import Codec
+    from tadmcodec.tadm.testing import make_random_model_dir, with_tiling
+
+    tiling = with_tiling(vae_encode_tile=32, vae_encode_halo=8, vae_encode_untiled_area=16,
+                         vae_decode_tile=8, vae_decode_halo=4, vae_decode_untiled_area=16)
+    folder = make_random_model_dir(tmp_path / "m", 16, tiling=tiling)
+    codec = Codec(device="cpu", model_dirs={"tadm-tiny-x16": folder})
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (96, 128, 3), dtype=np.uint8) for _ in range(4)]
+    serial = [codec.encode(im, model="tadm-tiny-x16") for im in images]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        parallel = list(pool.map(lambda im: codec.encode(im, model="tadm-tiny-x16"), images))
+        decoded = list(pool.map(lambda d: codec.decode(d).pixels, serial))
+    assert parallel == serial
+    assert all(np.array_equal(a, codec.decode(d).pixels) for a, d in zip(decoded, serial))
+    assert registry.get("tadm-tiny-x16").number == 1

@@ -14,6 +14,8 @@ Everything runs under `torch.inference_mode()`; no random numbers are drawn.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import torch
 
@@ -35,6 +37,10 @@ class TadmRescaler:
     def __init__(self, model: TadmModel, name: str = "tadm") -> None:
         self.model = model
         self.name = name
+        # One pass at a time: tiled VAE passes patch the model's GroupNorm layers while they run
+        # (tiling.GroupNormStats), so a second thread (tadm encode/decode -j 2) using the model then
+        # would go through the patch. torch already spreads one pass over the cores.
+        self._lock = threading.Lock()
         self.scales = (model.config.scale,)
         self.latent_tiling = True
         self.vae_tiling = True
@@ -99,7 +105,7 @@ class TadmRescaler:
             raise InputError("the TADM encoder needs an 8-bit RGB image")
         h, w = image.shape[:2]
         padded = np.require(pad_to_multiple(image, scale), requirements=["C", "W"])  # torch wants writable
-        with torch.inference_mode():
+        with self._lock, torch.inference_mode():
             raw = torch.from_numpy(padded).permute(2, 0, 1)[None]  # uint8 view, (1, 3, H, W)
             z = self._encode_latent(raw)
             z_lr = self._ge(raw, z)
@@ -143,7 +149,7 @@ class TadmRescaler:
             raise FormatError(f"LR image must be uint8 of shape {(lh, lw, 3)} for {width}x{height} "
                               f"at x{scale}, got {got}")
         m = self.model
-        with torch.inference_mode():
+        with self._lock, torch.inference_mode():
             q = torch.from_numpy(np.require(lr, requirements=["C", "W"])).permute(2, 0, 1)[None].to(self.device)
             z_lr = m.dfrm.from_lr(dequantize(q))
             z_hat = self._gd(z_lr)
