@@ -89,7 +89,7 @@ def encode(
     for note in loaded.notes:
         warnings.warn(note, UserWarning, stacklevel=2)
     return codec.encode(loaded.pixels, model=model_name, scale=scale, lr_codec=lr_codec,
-                        metadata=metadata_records(loaded, metadata))
+                        metadata=imageio.metadata_records(loaded, metadata))
 
 
 def decode(
@@ -200,16 +200,6 @@ def read_tadm(data: Any) -> bytes:
     if isinstance(data, (str, os.PathLike, bytes, bytearray, memoryview)) or hasattr(data, "read"):
         return _read_bytes(data, ".tadm file")
     raise InputError(f"cannot decode a {type(data).__name__}: give the .tadm bytes, a path or a binary file")
-
-
-def metadata_records(img: imageio.LoadedImage, which: str) -> tuple[container.MetadataRecord, ...]:
-    """The ICC/EXIF records to store for `--metadata which` (none, icc, exif, all)."""
-    records = []
-    if which in ("icc", "all") and img.icc:
-        records.append(container.MetadataRecord(kind="icc", data=img.icc))
-    if which in ("exif", "all") and img.exif:
-        records.append(container.MetadataRecord(kind="exif", data=img.exif))
-    return tuple(records)
 
 
 def header_info(header: container.TadmFile) -> dict[str, Any]:

@@ -22,7 +22,7 @@ import click
 from tadmcodec import __version__, container, registry
 from tadmcodec.errors import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, TadmError
 from tadmcodec.files import STDIO, Job, plan, read_source, write_target
-from tadmcodec.imageio import INPUT_EXTENSIONS, load_image, output_format, parse_colour, save_image
+from tadmcodec.imageio import INPUT_EXTENSIONS, load_image, metadata_records, output_format, parse_colour, save_image
 
 METADATA_CHOICES = ("none", "icc", "exif", "all")
 
@@ -248,7 +248,7 @@ def encode(inputs, output, outdir, force, jobs, quiet, verbose, max_pixels, devi
         img = load_image(read_source(job.source), max_pixels=max_pixels, flatten=bg)
         for note in img.notes:
             rep.warn(f"{_name(job.source)}: {note}")
-        records = _metadata_records(img, metadata)
+        records = metadata_records(img, metadata)
         data = codec.encode(img.pixels, model=model_name, scale=scale_i, lr_codec=lr_codec, metadata=records)
         write_target(job.target, data, force)
         h, w = img.pixels.shape[:2]
@@ -258,15 +258,6 @@ def encode(inputs, output, outdir, force, jobs, quiet, verbose, max_pixels, devi
         )
 
     sys.exit(run_jobs(job_list, work, jobs, quiet, verbose, "encoding"))
-
-
-def _metadata_records(img, which: str) -> tuple[container.MetadataRecord, ...]:
-    records = []
-    if which in ("icc", "all") and img.icc:
-        records.append(container.MetadataRecord(kind="icc", data=img.icc))
-    if which in ("exif", "all") and img.exif:
-        records.append(container.MetadataRecord(kind="exif", data=img.exif))
-    return tuple(records)
 
 
 @main.command()

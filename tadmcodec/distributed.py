@@ -366,9 +366,9 @@ class _Encoder(_Worker):
         self.metadata, self.flatten, self.max_pixels, self.column = metadata, flatten, max_pixels, column
         if metadata != "none":
             # the very choice `tadm encode --metadata` makes, so the bytes cannot drift apart
-            from tadmcodec.cli import _metadata_records
+            from tadmcodec.imageio import metadata_records
 
-            self._records = _metadata_records
+            self._records = metadata_records
         # Load the model now: once per actor, before the first batch, not inside it.
         self._broken: Exception | None = None
         try:

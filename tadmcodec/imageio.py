@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageColor, ImageOps, UnidentifiedImageError
 
+from tadmcodec import container
 from tadmcodec.errors import InputError, TadmError
 
 # Pillow's own decompression-bomb limit is switched off around Image.open only (we
@@ -200,3 +201,13 @@ def output_format(name: str, default: str = "PNG") -> str:
 
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def metadata_records(img: LoadedImage, which: str) -> tuple[container.MetadataRecord, ...]:
+    """The ICC/EXIF records to store for `--metadata which` (none, icc, exif, all)."""
+    records = []
+    if which in ("icc", "all") and img.icc:
+        records.append(container.MetadataRecord(kind="icc", data=img.icc))
+    if which in ("exif", "all") and img.exif:
+        records.append(container.MetadataRecord(kind="exif", data=img.exif))
+    return tuple(records)
