@@ -35,6 +35,8 @@ DIGEST_SIZE = 4
 
 PACKAGE_WEIGHTS = Path(__file__).resolve().parent / "weights"
 RELEASE_FILE = "release.json"
+IMPLICIT_KEY = "implicit_decoder"  # = tadm.spec.IMPLICIT_KEY (spec is imported only when needed)
+IMPLICIT_FILE = "implicit_decoder.safetensors"  # = tadm.spec.IMPLICIT_FILE
 """Beside a packaged model's weights: what was measured (status notes, bar results, steps). Not hashed."""
 
 STATUSES = ("builtin", "stable", "retired", "experimental", "external")
@@ -124,15 +126,21 @@ class ModelSpec:
     def digest(self) -> bytes:
         """First DIGEST_SIZE bytes of SHA-256 over the canonical config and every weight file.
 
-        Computed afresh on every call (no cache keyed on file times, which can
-        miss a rewrite); `Codec` keeps it for as long as it keeps the model loaded.
+        The optional implicit decoder (model.json's `implicit_decoder` and its
+        `implicit_decoder.safetensors`) is left out: it only renders the final latent
+        at other sizes, so a file decodes the same at its own size with or without it,
+        and adding one to a folder keeps every file made before decodable
+        (docs/models.md). Computed afresh on every call (no cache keyed on file
+        times, which can miss a rewrite); `Codec` keeps it for as long as it keeps
+        the model loaded.
         """
         h = hashlib.sha256()
-        h.update(json.dumps(self.config(), sort_keys=True, separators=(",", ":")).encode())
+        config = {k: v for k, v in self.config().items() if k != IMPLICIT_KEY}
+        h.update(json.dumps(config, sort_keys=True, separators=(",", ":")).encode())
         if self.kind != "bicubic":
             d = self.weights_dir()
             assert d is not None
-            for p in sorted(d.glob("*.safetensors")):
+            for p in sorted(q for q in d.glob("*.safetensors") if q.name != IMPLICIT_FILE):
                 with open(p, "rb") as f:
                     for block in iter(lambda: f.read(1 << 20), b""):
                         h.update(block)

@@ -277,6 +277,8 @@ def build_model(config: TadmConfig, folder: Path | None = None, *, sd_dir: Any =
     else:
         prompt = torch.zeros(1, config.text_len, cross)
     model = TadmModel(config, vae, unet, prompt.float(), dfrm, tpm, refiner)
+    if config.implicit_decoder is not None:
+        attach_implicit(model, folder if load_weights else None)
     adapters = [(target, lspec, fname) for target, lspec, fname in (
         (unet, config.lora_unet, S.UNET_ADAPTER_FILE), (vae, config.lora_vae, S.VAE_ADAPTER_FILE))
         if lspec is not None]
@@ -290,6 +292,31 @@ def build_model(config: TadmConfig, folder: Path | None = None, *, sd_dir: Any =
                     assert folder is not None
                     load_adapter(target, lspec, read_weights(folder / fname), str(folder / fname))
     return model
+
+
+def attach_implicit(model: "TadmModel", folder: Path | None) -> None:
+    """Build the config's implicit decoder on the model's VAE; weights from `folder` (else random).
+
+    A decoder trained on other VAE weights than this model's (its `vae_sha256` differs)
+    is not attached: `model.implicit_note` says so, and decoding at other sizes then
+    resamples the full decode, as for a model without one.
+    """
+    from tadmcodec.tadm.implicit import ImplicitDecoder, shared_fingerprint
+
+    cfg = model.config.implicit_decoder
+    assert cfg is not None
+    if cfg.vae_sha256 and shared_fingerprint(model.vae, cfg) != cfg.vae_sha256:
+        model.implicit, model.implicit_note = None, (
+            "its implicit decoder was trained on other VAE weights (vae_sha256 differs): not used")
+        return
+    with quiet():
+        dec = ImplicitDecoder(cfg, model.vae)
+    if folder is not None:
+        path = folder / S.IMPLICIT_FILE
+        state = read_weights(path)
+        _check_state(dec, state, path, "model.json", counts=True)
+        dec.load_state_dict(state, strict=True)
+    model.implicit = dec.float()
 
 
 def load_model_dir(folder: str | os.PathLike, *, device: torch.device | str = "cpu",
@@ -410,8 +437,13 @@ def save_model_dir(folder: str | os.PathLike, model: "TadmModel", *, fp32: bool 
             files[S.UNET_FILE] = _base_state(model.unet)
         for lspec, module, _, name in lora:
             files[name] = adapter_state_dict(module, lspec)
+    if cfg.implicit_decoder is not None:
+        if model.implicit is not None:
+            files[S.IMPLICIT_FILE] = model.implicit.state_dict()
+        else:  # not attached (other VAE weights): the folder does not promise one
+            cfg = replace(cfg, implicit_decoder=None)
     known = {S.DFRM_FILE, S.TPM_FILE, S.REFINER_FILE, S.PROMPT_FILE, S.VAE_FILE, S.UNET_FILE,
-             S.UNET_ADAPTER_FILE, S.VAE_ADAPTER_FILE}
+             S.UNET_ADAPTER_FILE, S.VAE_ADAPTER_FILE, S.IMPLICIT_FILE}
     for stale in known - set(files):
         (out / stale).unlink(missing_ok=True)  # the digest hashes every .safetensors here
     for name, state in files.items():

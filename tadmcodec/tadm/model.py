@@ -48,6 +48,10 @@ class TadmModel(nn.Module):
         self.scheduler = HybridScheduler(config.scheduler, config.t0, self.refiner)
         self.register_buffer("prompt_embeds", prompt_embeds.detach().clone(), persistent=False)
         self.lora_merged = False
+        # The optional implicit decoder (tadm.implicit), set by the loader; `implicit_note` says
+        # why a folder's implicit decoder is not used (e.g. trained on other VAE weights).
+        self.implicit: nn.Module | None = None
+        self.implicit_note = ""
 
     # ------------------------------------------------------------ properties
     @property
@@ -75,6 +79,8 @@ class TadmModel(nn.Module):
         self.unet.to(device=device, dtype=dtype)
         for m in (self.dfrm, self.tpm, self.refiner):
             m.to(device=device, dtype=torch.float32)
+        if self.implicit is not None:  # runs after the VAE's blocks, in the VAE's dtype
+            self.implicit.to(device=device, dtype=vae_dtype)
         self.prompt_embeds = self.prompt_embeds.to(device=device, dtype=dtype)
         return self
 

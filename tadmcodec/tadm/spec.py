@@ -32,6 +32,10 @@ VAE_FILE = "vae.safetensors"  # full VAE weights (inline backbone only)
 UNET_FILE = "unet.safetensors"  # full UNet weights (inline backbone only)
 UNET_ADAPTER_FILE = "unet_adapter.safetensors"  # LoRA (+ extra trained base modules)
 VAE_ADAPTER_FILE = "vae_adapter.safetensors"
+IMPLICIT_FILE = "implicit_decoder.safetensors"  # optional: the implicit (any-size) decoder's own weights
+IMPLICIT_KEY = "implicit_decoder"
+"""model.json key of the optional implicit decoder. Neither it nor IMPLICIT_FILE is part of the
+weights digest that `.tadm` files record (docs/models.md): they change no decode at the original size."""
 
 # The Stable Diffusion noise schedule (DDPMScheduler, scaled_linear).
 SD_SCHEDULER: dict[str, Any] = {
@@ -138,6 +142,32 @@ class TilingConfig:
 
 
 @dataclass(frozen=True)
+class ImplicitDecoderConfig:
+    """The optional implicit decoder (after Kim & Kim): renders the final latent at any size.
+
+    The VAE decoder's first blocks at latent resolution (`post_quant_conv`, `conv_in`, the mid
+    block and the first `shared_blocks` up blocks without their upsamplers), used as they are with
+    the VAE's own weights; then `own_blocks` further up blocks, copied from the VAE and trained at
+    latent resolution; then a LIIF head: 3x3 feature unfolding (folded into the first layer, a
+    3x3 conv to `hidden` channels), the query's offset from the latent cell and its cell size,
+    `layers` hidden layers of `hidden` units, RGB out, and the local ensemble over the four nearest
+    cells. Only the own blocks and the head are in `implicit_decoder.safetensors`.
+    """
+
+    shared_blocks: int = 1
+    own_blocks: int = 1
+    hidden: int = 128
+    layers: int = 2
+    vae_sha256: str = ""  # SHA-256 over the shared VAE tensors it was trained on ("" = not checked)
+    feature_tile: int = 64  # latent cells per tile core (features are computed tile by tile)
+    feature_halo: int = 16  # latent cells of context around a core (>= receptive radius + 1: exact)
+    untiled_area: int = 128 * 128  # latents up to this area are computed whole
+    stats_grid: int = 3  # sample tiles per side for the shared GroupNorm statistics, as the VAE's
+    render_pixels: int = 16384  # output pixels rendered at once (bounds the MLP's memory)
+    trained_zoom: tuple[float, float] = (0.125, 2.0)  # output/latent-image size ratios seen in training
+
+
+@dataclass(frozen=True)
 class BackboneSpec:
     """Where the VAE and UNet come from.
 
@@ -172,6 +202,7 @@ class TadmConfig:
     lora_vae: LoraSpec | None = None
     tiling: TilingConfig = TilingConfig()
     text_len: int = 77  # tokens of the stored empty-prompt embedding
+    implicit_decoder: ImplicitDecoderConfig | None = None  # optional; not part of the digest
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -221,6 +252,12 @@ class TadmConfig:
             raise bad("tiling: sizes must be positive")
         if not 0.0 <= t.vae_blend <= 1.0:
             raise bad("tiling: vae_blend must be in [0, 1]")
+        d = self.implicit_decoder
+        if d is not None:
+            if d.shared_blocks < 0 or d.own_blocks < 1 or d.hidden < 1 or d.layers < 0:
+                raise bad("implicit_decoder: need shared_blocks >= 0, own_blocks >= 1, hidden >= 1, layers >= 0")
+            if min(d.feature_tile, d.stats_grid, d.render_pixels) < 1 or d.feature_halo < 0 or d.untiled_area < 0:
+                raise bad("implicit_decoder: tile sizes must be positive")
 
 
 def _build(cls: type, data: Any, where: str) -> Any:
@@ -234,7 +271,7 @@ def _build(cls: type, data: Any, where: str) -> Any:
     nested = {
         "backbone": BackboneSpec, "dfrm": DfrmConfig, "tpm": TpmConfig,
         "refiner": RefinerConfig, "tiling": TilingConfig,
-        "lora_unet": LoraSpec, "lora_vae": LoraSpec,
+        "lora_unet": LoraSpec, "lora_vae": LoraSpec, "implicit_decoder": ImplicitDecoderConfig,
     }
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
@@ -283,6 +320,8 @@ def required_files(config: TadmConfig) -> list[str]:
         names.append(UNET_ADAPTER_FILE)
     if config.lora_vae is not None:
         names.append(VAE_ADAPTER_FILE)
+    if config.implicit_decoder is not None:
+        names.append(IMPLICIT_FILE)
     return names
 
 

@@ -20,7 +20,8 @@ from typing import Any
 import torch
 
 from tadmcodec.tadm.spec import (
-    UNET_LORA_TARGETS, VAE_LORA_TARGETS, DfrmConfig, LoraSpec, RefinerConfig, TilingConfig, TpmConfig,
+    UNET_LORA_TARGETS, VAE_LORA_TARGETS, DfrmConfig, ImplicitDecoderConfig, LoraSpec, RefinerConfig, TilingConfig,
+    TpmConfig,
 )
 
 
@@ -52,9 +53,14 @@ MICRO_TPM = TpmConfig(width=8, blocks=1, mlp_hidden=16, mlp_layers=1)
 MICRO_REFINER = RefinerConfig(width=8, blocks=1, embed_dim=8)
 
 
+MICRO_IMPLICIT = ImplicitDecoderConfig(hidden=16, layers=1, feature_tile=8, feature_halo=16, untiled_area=0,
+                                       render_pixels=256)
+"""A micro implicit decoder whose features are tiled as soon as the latent exceeds 40 cells a side."""
+
+
 def micro_config(scale: int, name: str | None = None, tiling: TilingConfig | None = None, lora: bool = True,
-                 dfrm: DfrmConfig = MICRO_DFRM):
-    """The TadmConfig of the micro test model."""
+                 dfrm: DfrmConfig = MICRO_DFRM, implicit: ImplicitDecoderConfig | None = None):
+    """The TadmConfig of the micro test model (`implicit`: with that implicit decoder, random)."""
     from tadmcodec.tadm.loader import new_config
 
     return new_config(
@@ -62,7 +68,7 @@ def micro_config(scale: int, name: str | None = None, tiling: TilingConfig | Non
         dfrm=dfrm, tpm=MICRO_TPM, refiner=MICRO_REFINER, text_len=8,
         lora_unet=LoraSpec(rank=2, alpha=4.0, targets=UNET_LORA_TARGETS, extra_modules=("conv_in",)) if lora else None,
         lora_vae=LoraSpec(rank=2, alpha=4.0, targets=VAE_LORA_TARGETS, adapter_name="vae_skip") if lora else None,
-        tiling=tiling or TilingConfig(),
+        tiling=tiling or TilingConfig(), implicit_decoder=implicit,
     )
 
 
@@ -84,8 +90,12 @@ def make_random_model(scale: int, seed: int = 0, **kwargs: Any):
         with quiet():
             model = build_model(config, load_weights=False)
         g = torch.Generator().manual_seed(seed + 1)
+        implicit, model.implicit = model.implicit, None  # the rest is the same with or without one
         randomize(model, g)
         model.prompt_embeds = torch.randn(1, config.text_len, micro_unet_config()["cross_attention_dim"], generator=g)
+        if implicit is not None:
+            randomize(implicit, g)
+            model.implicit = implicit
     return model.eval()
 
 
