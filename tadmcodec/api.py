@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from tadmcodec import container, imageio, registry
-from tadmcodec.codec import Codec, Decoded, check_scale
+from tadmcodec.codec import Codec, Decoded, check_scale, output_size, parse_size
 from tadmcodec.errors import InputError, ModelError
 
 ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, IO[bytes], Image.Image, np.ndarray]
@@ -100,8 +100,16 @@ def decode(
     model_dir: str | os.PathLike | None = None,
     device: str = "auto",
     precision: str = "auto",
+    size: tuple[int | None, int | None] | str | None = None,
+    zoom: float | None = None,
 ) -> Image.Image | np.ndarray:
     """Decompress a `.tadm` file, as `tadm decode` does.
+
+    size: the output (width, height), either None to keep the aspect ratio, or a string as
+    `tadm decode --size` takes ("1920x1080", "1920x", "x1080"); zoom: the output size as a
+    factor of the original (0.1-4). A model with an implicit decoder renders that size
+    directly; others decode at full size and resample with Lanczos (`info["tadm_path"]`
+    says which).
 
     data: the file's bytes, its path, or a binary file object. Returns an RGB
     Pillow image (the file's ICC profile and EXIF in `info` under Pillow's keys,
@@ -118,6 +126,10 @@ def decode(
     _check_choice("output", output, OUTPUTS, InputError)
     _check_max_pixels(max_pixels)
     _check_device(device, precision)
+    if isinstance(size, str):
+        size = parse_size(size)
+    if size is not None or zoom is not None:  # option errors (types, range, both given) before any file is read
+        output_size((1 << 40, 1 << 40), size, zoom)
     raw = read_tadm(data)
     dirs = None
     if model_dir is not None:
@@ -128,7 +140,7 @@ def decode(
             raise ModelError(f"file was made with model number {header.model_number}, "
                              "unknown to this version of tadmcodec")
         dirs = {spec.name: model_dir}
-    decoded = codec_for(device, precision, dirs).decode(raw, max_pixels=max_pixels)
+    decoded = codec_for(device, precision, dirs).decode(raw, max_pixels=max_pixels, size=size, zoom=zoom)
     if output == "numpy":
         return decoded.pixels
     return to_pil(decoded)
@@ -224,6 +236,7 @@ def header_info(header: container.TadmFile) -> dict[str, Any]:
 def to_pil(decoded: Decoded) -> Image.Image:
     img = Image.fromarray(decoded.pixels)
     img.info.update(header_info(decoded.header))
+    img.info["tadm_path"] = decoded.path
     return img
 
 

@@ -266,10 +266,24 @@ def encode(inputs, output, outdir, force, jobs, quiet, verbose, max_pixels, devi
 @click.option("--format", "fmt", type=click.Choice(["png", "webp", "jpg", "tiff", "bmp", "ppm"]),
               help="Output format when writing to stdout or to -d (default png); otherwise from the -o extension.")
 @click.option("--timestep-map", metavar="FILE.png", help="Also write the predicted time-step map (one input only).")
+@click.option("--size", "size_text", metavar="WxH",
+              help="Output size in pixels; omit a side to keep the aspect ratio (1920x, x1080). "
+                   "Rendered by the model's implicit decoder if it has one, else resampled (Lanczos).")
+@click.option("--zoom", type=float, metavar="FACTOR",
+              help="Output size as a factor of the original (0.1-4), as --size.")
 @engine_option
 def decode(inputs, output, outdir, force, jobs, quiet, verbose, max_pixels, device, precision, model_dir, sd_dir, vae_dir,
-           fmt, timestep_map, engine):
+           fmt, timestep_map, size_text, zoom, engine):
     """Decompress .tadm files (files, folders, or '-' for stdin) to images."""
+    from tadmcodec.codec import ZOOM_RANGE, parse_size
+
+    if size_text is not None and zoom is not None:
+        raise TadmError("--size and --zoom exclude each other: give one")
+    size = parse_size(size_text) if size_text is not None else None
+    if zoom is not None and not ZOOM_RANGE[0] <= zoom <= ZOOM_RANGE[1]:
+        raise TadmError(f"--zoom {zoom:g} is outside {ZOOM_RANGE[0]:g}-{ZOOM_RANGE[1]:g} (times the original size)")
+    if engine == "ray" and (size is not None or zoom is not None):
+        raise TadmError("--size and --zoom work with --engine local only")
     if engine == "ray":
         from tadmcodec.cli_ray import decode_on_ray
 
@@ -287,15 +301,19 @@ def decode(inputs, output, outdir, force, jobs, quiet, verbose, max_pixels, devi
         t0 = time.perf_counter()
         data = read_source(job.source)
         out_fmt = output_format(job.target, default=(fmt or "png").upper().replace("JPG", "JPEG"))
-        dec = codec.decode(data, max_pixels=max_pixels, want_timestep_map=timestep_map is not None)
+        dec = codec.decode(data, max_pixels=max_pixels, want_timestep_map=timestep_map is not None,
+                           size=size, zoom=zoom)
         meta = {r.kind: r.data for r in dec.header.metadata}
         image_bytes = save_image(dec.pixels, out_fmt, icc=meta.get("icc"), exif=meta.get("exif"))
         if timestep_map is not None:
             write_target(timestep_map, _timestep_png(dec.timestep_map), force)
         write_target(job.target, image_bytes, force)
         hdr = dec.header
+        out_h, out_w = dec.pixels.shape[:2]
+        resized = f" -> {out_w}x{out_h} by {dec.path}" if (out_w, out_h) != (hdr.width, hdr.height) or \
+            size is not None or zoom is not None else ""
         rep.info(
-            f"{_name(job.source)} -> {_name(job.target)}: {hdr.width}x{hdr.height}, {len(data)} bytes, "
+            f"{_name(job.source)} -> {_name(job.target)}: {hdr.width}x{hdr.height}{resized}, {len(data)} bytes, "
             f"{bits_per_pixel(len(data), hdr.width, hdr.height):.4f} bpp, {dec.model.name} x{hdr.scale}, "
             f"{time.perf_counter() - t0:.2f} s"
         )

@@ -16,7 +16,7 @@ import numpy as np
 from tadmcodec import container, lrcodec, registry
 from tadmcodec.errors import FormatError, InputError, ModelError
 from tadmcodec.registry import ModelSpec
-from tadmcodec.rescaler import Rescaler, lr_size
+from tadmcodec.rescaler import Rescaler, lanczos, lr_size
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,7 @@ class Decoded:
     header: container.TadmFile
     model: ModelSpec
     timestep_map: np.ndarray | None = None  # (h_lat, w_lat) float32, when asked for
+    path: str = ""  # how the image was rendered ("VAE decoder", "implicit decoder", "..., then Lanczos")
 
 
 @dataclass
@@ -103,21 +104,39 @@ class Codec:
         data: bytes,
         max_pixels: int = container.DEFAULT_MAX_PIXELS,
         want_timestep_map: bool = False,
+        size: tuple[int | None, int | None] | None = None,
+        zoom: float | None = None,
+        method: str = "auto",
     ) -> Decoded:
-        """`.tadm` bytes -> image. Refuses files made by another model than the one here."""
+        """`.tadm` bytes -> image. Refuses files made by another model than the one here.
+
+        size (width, height; either may be None to keep the aspect ratio) or zoom (0.1-4)
+        ask for another output size (see `output_size`): a model with an implicit decoder
+        renders it directly, others decode at full size and resample with Lanczos.
+        `method` ("auto", "implicit", "vae") is for benchmarks that compare the two.
+        """
         header = container.unpack(data, max_pixels=max_pixels)
+        orig = (header.width, header.height)
+        out = output_size(orig, size, zoom)
+        if out is not None and out[0] * out[1] > max_pixels:
+            raise InputError(f"output {out[0]}x{out[1]} has more than {max_pixels} pixels (see --max-pixels)")
         spec = self.model_for(header)
         lr = lrcodec.decode_lr(header.lr_codec, header.payload, *lr_size(header.width, header.height, header.scale))
         rescaler = self.rescaler(spec)
-        size = (header.width, header.height)
+        if want_timestep_map and not hasattr(rescaler, "upscale_with_timestep_map"):
+            raise ModelError(f"model {spec.name} has no time-step map (only TADM models predict time-steps)")
         tmap = None
-        if want_timestep_map:
-            if not hasattr(rescaler, "upscale_with_timestep_map"):
-                raise ModelError(f"model {spec.name} has no time-step map (only TADM models predict time-steps)")
-            pixels, tmap = rescaler.upscale_with_timestep_map(lr, header.scale, size)
+        if hasattr(rescaler, "render"):
+            pixels, tmap, path = rescaler.render(lr, header.scale, orig, out, method=method)
+            if not want_timestep_map:
+                tmap = None
         else:
-            pixels = rescaler.upscale(lr, header.scale, size)
-        return Decoded(pixels=pixels, header=header, model=spec, timestep_map=tmap)
+            if method == "implicit":
+                raise ModelError(f"model {spec.name} has no implicit decoder")
+            pixels, path = rescaler.upscale(lr, header.scale, orig), spec.name
+            if out is not None and out != orig:
+                pixels, path = lanczos(pixels, out), f"{spec.name}, then Lanczos"
+        return Decoded(pixels=pixels, header=header, model=spec, timestep_map=tmap, path=path)
 
     def model_for(self, header: container.TadmFile) -> ModelSpec:
         """The model a file needs, checked against the file's digest."""
@@ -145,6 +164,66 @@ class Codec:
         return spec
 
 
+ZOOM_RANGE = (0.1, 4.0)
+"""Output size over original size that `zoom=` accepts, and that `size=` may reach per side (at most)."""
+
+
+def parse_size(text: str) -> tuple[int | None, int | None]:
+    """'1920x1080', '1920x', 'x1080' or '1920' (a width) -> (width, height); InputError on anything else."""
+    t = text.strip().lower()
+    w_s, sep, h_s = t.partition("x")
+    if not sep:
+        w_s, h_s = t, ""
+    try:
+        w = int(w_s) if w_s else None
+        h = int(h_s) if h_s else None
+    except ValueError:
+        raise InputError(f"size {text!r}: expected WxH, Wx, xH or W in pixels (e.g. 1920x1080, 1920x)") from None
+    if w is None and h is None:
+        raise InputError(f"size {text!r}: give a width, a height or both (e.g. 1920x1080, 1920x)")
+    if (w is not None and w < 1) or (h is not None and h < 1):
+        raise InputError(f"size {text!r}: sides must be at least 1 pixel")
+    return w, h
+
+
+def output_size(orig: tuple[int, int], size: tuple[int | None, int | None] | None = None,
+                zoom: float | None = None) -> tuple[int, int] | None:
+    """The output (width, height) asked for, or None for the original size unasked.
+
+    size: (width, height), either None to keep the aspect ratio (rounded, at least 1 px);
+    zoom: a factor in ZOOM_RANGE of both sides. Each side may be at most ZOOM_RANGE[1] times
+    the original's.
+    """
+    w0, h0 = orig
+    if size is not None and zoom is not None:
+        raise InputError("size and zoom exclude each other: give one")
+    if zoom is not None:
+        if isinstance(zoom, bool) or not isinstance(zoom, (int, float, np.integer, np.floating)):
+            raise InputError(f"zoom must be a number, got {zoom!r}")
+        lo, hi = ZOOM_RANGE
+        if not lo <= float(zoom) <= hi:
+            raise InputError(f"zoom {zoom:g} is outside {lo:g}-{hi:g} (times the original size)")
+        return max(1, round(w0 * float(zoom))), max(1, round(h0 * float(zoom)))
+    if size is None:
+        return None
+    if not isinstance(size, (tuple, list)) or len(size) != 2:
+        raise InputError(f"size must be (width, height), either may be None, got {size!r}")
+    w, h = size
+    for v in (w, h):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1):
+            raise InputError(f"size must hold positive ints or None, got {size!r}")
+    if w is None and h is None:
+        raise InputError("size needs a width or a height")
+    if w is None:
+        w = max(1, round(w0 * h / h0))
+    if h is None:
+        h = max(1, round(h0 * w / w0))
+    hi = ZOOM_RANGE[1]
+    if w > hi * w0 or h > hi * h0:
+        raise InputError(f"output {w}x{h} is more than {hi:g} times the original {w0}x{h0} on a side")
+    return int(w), int(h)
+
+
 def check_scale(spec: ModelSpec, scale: int | None) -> int:
     """The scale to use with `spec`: its own if it has one, else the one asked for."""
     if scale is None:
@@ -160,4 +239,5 @@ def bits_per_pixel(n_bytes: int, width: int, height: int) -> float:
     return 8.0 * n_bytes / (width * height)
 
 
-__all__ = ["Codec", "Decoded", "check_scale", "bits_per_pixel", "FormatError"]
+__all__ = ["Codec", "Decoded", "ZOOM_RANGE", "bits_per_pixel", "check_scale", "output_size", "parse_size",
+           "FormatError"]

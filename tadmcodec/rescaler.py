@@ -42,6 +42,17 @@ def pad_to_multiple(image: np.ndarray, multiple: int) -> np.ndarray:
     return np.pad(image, ((0, ph), (0, pw), (0, 0)), mode=mode)
 
 
+def lanczos(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """An (H, W, 3) uint8 image resampled to size = (width, height) with Pillow's Lanczos filter.
+
+    What a decode at another size does when the model cannot render that size itself.
+    """
+    if (image.shape[1], image.shape[0]) == tuple(size):
+        return image
+    out = Image.fromarray(image).resize(tuple(size), Image.Resampling.LANCZOS)
+    return np.ascontiguousarray(np.asarray(out, dtype=np.uint8))
+
+
 @runtime_checkable
 class Rescaler(Protocol):
     """What the codec needs from a model."""

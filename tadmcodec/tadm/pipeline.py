@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from tadmcodec.errors import FormatError, InputError, ModelError
-from tadmcodec.rescaler import lr_size, pad_to_multiple
+from tadmcodec.rescaler import lanczos, lr_size, pad_to_multiple
 from tadmcodec.tadm.blocks import receptive_radius
 from tadmcodec.tadm.dfrm import dequantize, quantize
 from tadmcodec.tadm.model import TadmModel
@@ -148,16 +148,67 @@ class TadmRescaler:
             got = f"{lr.dtype} {lr.shape}" if isinstance(lr, np.ndarray) else type(lr).__name__
             raise FormatError(f"LR image must be uint8 of shape {(lh, lw, 3)} for {width}x{height} "
                               f"at x{scale}, got {got}")
+        image, tmap, _ = self.render(lr, scale, size, None)
+        return image, tmap
+
+    @property
+    def implicit_decoder(self) -> bool:
+        """Whether this model renders other output sizes with its implicit decoder."""
+        return self.model.implicit is not None
+
+    def render(self, lr: np.ndarray, scale: int, size: tuple[int, int], out_size: tuple[int, int] | None,
+               method: str = "auto") -> tuple[np.ndarray, np.ndarray, str]:
+        """Decode at `out_size` (W, H; None = the original `size`): (image, time-step map, path taken).
+
+        The DFRM, the time-step prediction and the UNet step run as for `upscale`; only the
+        last rendering differs. method "auto": without out_size, the VAE decoder (exactly
+        `upscale`); with it, the implicit decoder when the model has one, else the VAE decoder
+        at full size resampled with Lanczos. "implicit" / "vae" force one of them.
+        """
+        self._check_scale(scale)
+        width, height = size
+        lw, lh = lr_size(width, height, scale)
+        if not isinstance(lr, np.ndarray) or lr.dtype != np.uint8 or lr.shape != (lh, lw, 3):
+            got = f"{lr.dtype} {lr.shape}" if isinstance(lr, np.ndarray) else type(lr).__name__
+            raise FormatError(f"LR image must be uint8 of shape {(lh, lw, 3)} for {width}x{height} "
+                              f"at x{scale}, got {got}")
+        if method not in ("auto", "implicit", "vae"):
+            raise ValueError(f"unknown rendering method {method!r}")
         m = self.model
+        use_implicit = method == "implicit" or (method == "auto" and out_size is not None and self.implicit_decoder)
+        if use_implicit and not self.implicit_decoder:
+            raise ModelError(f"model {self.name} has no implicit decoder" + (f" ({m.implicit_note})"
+                                                                               if m.implicit_note else ""))
         with self._lock, torch.inference_mode():
             q = torch.from_numpy(np.require(lr, requirements=["C", "W"])).permute(2, 0, 1)[None].to(self.device)
             z_lr = m.dfrm.from_lr(dequantize(q))
             z_hat = self._gd(z_lr)
             z0, tmap = self._enhance(z_hat)
-            image = self._vae.decode(z0) if self.vae_tiling else to_uint8_image(m.decode_latent(z0))
+            if use_implicit:
+                image, path = self._render_implicit(z0, size, out_size or size)
+            else:
+                image = self._vae.decode(z0) if self.vae_tiling else to_uint8_image(m.decode_latent(z0))
+                image, path = np.ascontiguousarray(image[:height, :width]), "VAE decoder"
+        if not use_implicit and out_size is not None and out_size != size:
+            image = lanczos(image, out_size)
+            path = "VAE decoder at full size, then Lanczos" + (f" ({m.implicit_note})" if m.implicit_note else "")
         lat_h, lat_w = -(-height // LATENT_FACTOR), -(-width // LATENT_FACTOR)
         tmap_np = np.ascontiguousarray(tmap[:lat_h, :lat_w].cpu().numpy().astype(np.float32))
-        return np.ascontiguousarray(image[:height, :width]), tmap_np
+        return image, tmap_np, path
+
+    def _render_implicit(self, z0: torch.Tensor, size: tuple[int, int],
+                         out_size: tuple[int, int]) -> tuple[np.ndarray, str]:
+        """The implicit decoder at out_size; below its trained range, at the smallest trained size then Lanczos."""
+        from tadmcodec.tadm.implicit import render_latent
+
+        dec = self.model.implicit
+        assert dec is not None
+        lo = dec.config.trained_zoom[0]
+        target = tuple(max(o, min(s, int(np.ceil(s * lo)))) for o, s in zip(out_size, size))
+        image = render_latent(self.model.vae, dec, z0, size, target, tiled=self.vae_tiling)  # type: ignore[arg-type]
+        if target == tuple(out_size):
+            return image, "implicit decoder"
+        return lanczos(image, out_size), f"implicit decoder at {target[0]}x{target[1]}, then Lanczos"
 
     def _gd(self, z_lr: torch.Tensor) -> torch.Tensor:
         fn = self.model.dfrm.decode_features
