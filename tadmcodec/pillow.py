@@ -26,6 +26,7 @@ plugins, so the plugin is active only once this module is imported.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,6 +141,27 @@ class TadmImageFile(ImageFile.ImageFile):
         self.info.update(api.header_info(header))
         self.tile = [ImageFile._Tile(_DECODER, (0, 0, header.width, header.height), 0, None)]
 
+    def draft(self, mode: str | None, size: tuple[int, int] | None) -> tuple[str, tuple[int, int, int, int]] | None:
+        """Decode at a reduced size, as JPEG's draft does: the smallest size not below `size`.
+
+        `Image.thumbnail()` calls this, so a thumbnail of a `.tadm` file is rendered at about
+        twice its size (Pillow's reducing_gap) by the model's implicit decoder when it has one
+        (else by the full decode resampled), and Pillow resamples the rest. Not below a tenth of
+        the original (`--zoom`'s limit); the mode stays RGB. Only before the pixels are loaded.
+        """
+        if size is None or getattr(self, "_im", None) is not None or not self.tile:
+            return None
+        from tadmcodec.codec import ZOOM_RANGE
+
+        w, h = self.tadm_header.width, self.tadm_header.height
+        scale = max(ZOOM_RANGE[0], size[0] / w, size[1] / h)
+        new = (min(w, max(1, math.ceil(w * scale))), min(h, max(1, math.ceil(h * scale))))
+        if scale >= 1 or new == (w, h):
+            return None
+        self._size = new
+        self.tile = [ImageFile._Tile(_DECODER, (0, 0, *new), 0, (*new, w * h))]
+        return self.mode, (0, 0, *new)
+
 
 class _TadmDecoder(ImageFile.PyDecoder):
     """Runs the codec when Pillow loads the pixels; reads the file again from its start."""
@@ -150,10 +172,12 @@ class _TadmDecoder(ImageFile.PyDecoder):
         assert self.fd is not None and self.im is not None
         width, height = self.state.xsize, self.state.ysize
         data = self.fd.read()
+        # args: () for the file's own size, (width, height, original pixels) after draft()
+        size, budget = (self.args[:2], self.args[2]) if self.args else (None, width * height)
         with _pillow_errors():
             codec = api.codec_for(_settings.device, _settings.precision, _settings.model_dirs)
             # The budget is the size Image.open reported and Pillow already accepted.
-            decoded = codec.decode(data, max_pixels=max(1, width * height))
+            decoded = codec.decode(data, max_pixels=max(1, budget), size=size)
             if decoded.pixels.shape != (height, width, 3):
                 raise FormatError(f"the file changed since it was opened ({width}x{height} then)")
         self.set_as_raw(decoded.pixels.tobytes())

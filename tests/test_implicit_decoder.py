@@ -306,3 +306,25 @@ def test_cli_size_and_zoom(folders: dict[str, Path], tmp_path: Path) -> None:
     assert p.returncode == 0, p.stderr
     assert Image.open(tmp_path / "z.png").size == (135, 90)
     assert "-> 135x90 by implicit decoder" in p.stderr.decode()
+
+
+def test_pillow_thumbnail_decodes_at_the_reduced_size(folders: dict[str, Path], tmp_path: Path) -> None:
+    import tadmcodec.pillow as plugin
+
+    data = api.encode(photo(160, 96), NAME, model_dir=folders["implicit"], device="cpu")
+    (tmp_path / "a.tadm").write_bytes(data)
+    plugin.register(device="cpu", model_dirs={NAME: folders["implicit"]})
+    try:
+        with Image.open(tmp_path / "a.tadm") as im:
+            assert im.draft("RGB", (40, 40)) == ("RGB", (0, 0, 67, 40))  # not below the asked size
+            assert im.size == (67, 40)
+            im.load()
+            direct = api.decode(data, size=(67, 40), model_dir=folders["implicit"], device="cpu")
+            assert np.array_equal(np.asarray(im), np.asarray(direct))
+        with Image.open(tmp_path / "a.tadm") as im:
+            im.thumbnail((20, 20))  # draft at twice the size (Pillow's reducing_gap), then Pillow's resize
+            assert im.size == (20, 12)
+        with Image.open(tmp_path / "a.tadm") as im:
+            assert im.draft(None, (400, 400)) is None and im.size == (160, 96)  # no enlarging
+    finally:
+        plugin.register()
