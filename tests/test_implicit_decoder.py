@@ -328,3 +328,17 @@ def test_pillow_thumbnail_decodes_at_the_reduced_size(folders: dict[str, Path], 
             assert im.draft(None, (400, 400)) is None and im.size == (160, 96)  # no enlarging
     finally:
         plugin.register()
+
+
+def test_fingerprint_is_of_values() -> None:
+    """-0.0 and 0.0 are the same weight (the packaged x32 VAE and the backbone differ only so)."""
+    model = make_random_model(16, seed=4, lora=False)
+    cfg = MICRO_IMPLICIT
+    before = shared_fingerprint(model.vae, cfg)
+    with torch.no_grad():
+        model.vae.decoder.conv_in.bias[0] = 0.0
+        zero = shared_fingerprint(model.vae, cfg)
+        model.vae.decoder.conv_in.bias[0] = -0.0
+        assert shared_fingerprint(model.vae, cfg) == zero != before
+        model.vae.decoder.up_blocks[-1].resnets[0].conv1.bias[0] += 1.0  # not a shared block
+        assert shared_fingerprint(model.vae, cfg) == zero

@@ -109,12 +109,16 @@ def shared_modules(vae: nn.Module, config: ImplicitDecoderConfig) -> list[nn.Mod
 
 
 def shared_fingerprint(vae: nn.Module, config: ImplicitDecoderConfig) -> str:
-    """SHA-256 over the shared VAE tensors (names and float32 values): what the decoder was trained on."""
+    """SHA-256 over the shared VAE tensors (names and float32 values): what the decoder was trained on.
+
+    Values, not bytes: -0.0 counts as 0.0 (the packaged tiny-x32 VAE holds the backbone's values
+    with some zeros negative, so its file's bytes differ from the backbone's).
+    """
     h = hashlib.sha256(f"shared{config.shared_blocks}".encode())
     for i, m in enumerate(shared_modules(vae, config)):
         for name, t in sorted(m.state_dict().items()):
             h.update(f"{i}.{name}".encode())
-            h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+            h.update((t.detach().to("cpu", torch.float32) + 0.0).contiguous().numpy().tobytes())
     return h.hexdigest()
 
 
