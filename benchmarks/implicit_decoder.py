@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
 import subprocess
 import sys
 import textwrap
@@ -287,7 +288,7 @@ def main() -> int:
     photos = sorted(args.data.glob("*.png"))[:args.photos]
     rows = quality(photos, args)
     big_rows = big(args) if args.big else []
-    command = "python benchmarks/implicit_decoder.py " + " ".join(sys.argv[1:])
+    command = "python benchmarks/implicit_decoder.py " + shlex.join(sys.argv[1:])
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps({"command": command, "machine": machine(), "note": args.note,
                                                        "rows": rows, "big": big_rows}, indent=1) + "\n")
