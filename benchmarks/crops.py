@@ -1,4 +1,4 @@
-"""Side-by-side crops at 100 % (original | JPEG | each model) on benchmark photos.
+"""Side-by-side crops at 100 % (original | JPEG | best AVIF within the bytes | each model) on benchmark photos.
 
     python benchmarks/crops.py                                    # default models, 4 Urban100 photos
     python benchmarks/crops.py --model tadm-tiny-x16 --model bicubic --scale 16
