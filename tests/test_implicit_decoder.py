@@ -342,3 +342,32 @@ def test_fingerprint_is_of_values() -> None:
         assert shared_fingerprint(model.vae, cfg) == zero != before
         model.vae.decoder.up_blocks[-1].resnets[0].conv1.bias[0] += 1.0  # not a shared block
         assert shared_fingerprint(model.vae, cfg) == zero
+
+
+def test_trainer_runs_exports_and_continues_from_an_export(folders: dict[str, Path], tmp_path: Path) -> None:
+    """`python -m tadmcodec.train.liif train` end to end on a micro VAE, then `--init` from its export."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(2):
+        Image.fromarray(photo(96, 80, seed=i)).save(photos / f"p{i}.png")
+    cfg = {"name": "liif-test", "vae_dir": str(folders["plain"]), "train_dir": str(photos), "steps": 2,
+           "batch_size": 2, "window": 8, "min_cells": 4, "lpips_weight": 0.0, "log_every": 1,
+           "implicit": dataclasses.asdict(MICRO_IMPLICIT) | {"vae_sha256": ""}}
+    (tmp_path / "liif.json").write_text(json.dumps(cfg))
+    base = [sys.executable, "-m", "tadmcodec.train.liif", "train", "--config", str(tmp_path / "liif.json")]
+    run = subprocess.run(base + ["--run-dir", str(tmp_path / "a")], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    export = tmp_path / "a" / "export"
+    assert (export / S.IMPLICIT_FILE).is_file() and "[liif] step 2" in run.stderr
+    again = subprocess.run(base + ["--run-dir", str(tmp_path / "b"), "--init", str(export), "--steps", "1"],
+                           capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert f"starting from {export / S.IMPLICIT_FILE}" in again.stderr and "[liif] step 1 " in again.stderr
+    both = subprocess.run(base + ["--run-dir", str(tmp_path / "c"), "--init", str(export), "--resume"],
+                          capture_output=True, text=True)
+    assert both.returncode == 2 and len(both.stderr.strip().splitlines()) == 1
+    target = shutil.copytree(folders["plain"], tmp_path / "target")
+    from tadmcodec.train.liif import install
+
+    install(tmp_path / "b" / "export", target)
+    assert load_model_dir(target).implicit is not None

@@ -1,6 +1,6 @@
 """Train the implicit decoder (`tadm.implicit`) on a frozen VAE, and install it into a model folder.
 
-    python -m tadmcodec.train.liif train --config tadmcodec/train/configs/liif-tiny.json [--resume]
+    python -m tadmcodec.train.liif train --config tadmcodec/train/configs/liif-tiny.json [--resume | --init DIR]
     python -m tadmcodec.train.liif export --config ...            # -> <run>/export (fp16)
     python -m tadmcodec.train.liif install runs/liif/export MODEL_FOLDER
 
@@ -252,6 +252,17 @@ class Trainer:
         self.step, self.elapsed = int(ck["step"]), float(ck["elapsed"])
         self.log(f"[liif] resumed at step {self.step}, {self.elapsed / 60:.1f} min trained")
 
+    def init_from(self, export_dir: Path) -> None:
+        """Start from an exported decoder (e.g. the committed dev-weights/liif-tiny): its weights,
+        a fresh optimiser and schedule. It must be of this config's shape."""
+        from tadmcodec.tadm.loader import _check_state, read_weights
+
+        f = Path(export_dir) / S.IMPLICIT_FILE
+        state = read_weights(f)
+        _check_state(self.dec, state, f, "the config", counts=True)
+        self.dec.load_state_dict({k: v.float() for k, v in state.items()})
+        self.log(f"[liif] starting from {f}")
+
     def lr_at(self, frac: float) -> float:
         c = self.cfg
         return c["lr_final"] + 0.5 * (c["lr"] - c["lr_final"]) * (1 + math.cos(math.pi * min(1.0, frac)))
@@ -350,10 +361,14 @@ def main() -> None:
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
 @click.option("--run-dir", type=click.Path(file_okay=False), help="Default: runs/<name>.")
 @click.option("--resume", is_flag=True)
+@click.option("--init", "init_dir", type=click.Path(file_okay=False, exists=True),
+              help="Start from an exported decoder folder (fresh optimiser), e.g. dev-weights/liif-tiny.")
 @click.option("--max-minutes", type=float)
 @click.option("--steps", type=int)
 @click.option("--export/--no-export", default=True, help="Export to <run>/export at the end (default).")
-def train_cmd(config_path, run_dir, resume, max_minutes, steps, export):
+def train_cmd(config_path, run_dir, resume, init_dir, max_minutes, steps, export):
+    if resume and init_dir:
+        raise click.UsageError("give --resume or --init, not both")
     over = {k: v for k, v in (("max_minutes", max_minutes), ("steps", steps)) if v is not None}
     cfg = load_config(config_path, over)
     run = Path(run_dir or Path("runs") / cfg["name"])
@@ -362,6 +377,8 @@ def train_cmd(config_path, run_dir, resume, max_minutes, steps, export):
     tr = Trainer(cfg, run, log=lambda s: click.echo(s, err=True))
     if resume:
         tr.resume()
+    elif init_dir:
+        tr.init_from(Path(init_dir))
     items = build_cache(cfg, tr.vae, tr.icfg, run, log=lambda s: click.echo(s, err=True))
     tr.train(items)
     if export:
