@@ -141,14 +141,7 @@ class TadmRescaler:
     def upscale_with_timestep_map(self, lr: np.ndarray, scale: int,
                                   size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         """As `upscale`, plus the merged time-step map: float32 (ceil(H/8), ceil(W/8))."""
-        self._check_scale(scale)
-        width, height = size
-        lw, lh = lr_size(width, height, scale)
-        if not isinstance(lr, np.ndarray) or lr.dtype != np.uint8 or lr.shape != (lh, lw, 3):
-            got = f"{lr.dtype} {lr.shape}" if isinstance(lr, np.ndarray) else type(lr).__name__
-            raise FormatError(f"LR image must be uint8 of shape {(lh, lw, 3)} for {width}x{height} "
-                              f"at x{scale}, got {got}")
-        image, tmap, _ = self.render(lr, scale, size, None)
+        image, tmap, _ = self.render(lr, scale, size, None)  # render checks the scale and the LR shape
         return image, tmap
 
     @property
