@@ -40,7 +40,7 @@ from torch import nn
 from tadmcodec.errors import ModelError
 from tadmcodec.tadm.blocks import receptive_radius
 from tadmcodec.tadm.spec import ImplicitDecoderConfig
-from tadmcodec.tadm.tiling import GroupNormStats, _axis_tiles, _spread
+from tadmcodec.tadm.tiling import _axis_tiles, grid_stats
 
 FACTOR = 8
 """Image pixels per latent cell."""
@@ -240,15 +240,8 @@ def render_latent(vae: nn.Module, dec: ImplicitDecoder, z: torch.Tensor, image_s
     rows = [(c0, c1, a0, min(a1 + 1, h), lo, wt) for (c0, c1, a0, a1, lo, wt) in rows]
     cols = [(c0, c1, a0, min(a1 + 1, w), lo, wt) for (c0, c1, a0, a1, lo, wt) in cols]
     holder = nn.ModuleList([vae, dec])  # every GroupNorm the features pass through
-    samples = []
-    for i in _spread(len(rows), cfg.stats_grid):
-        c0, c1, a0, a1 = rows[i][:4]
-        for j in _spread(len(cols), cfg.stats_grid):
-            d0, d1, b0, b1 = cols[j][:4]
-            box = ((c0 - a0) / (a1 - a0), (c1 - a0) / (a1 - a0), (d0 - b0) / (b1 - b0), (d1 - b0) / (b1 - b0))
-            samples.append(((lambda a0=a0, a1=a1, b0=b0, b1=b1: z[:, :, a0:a1, b0:b1]), box))
-    stats = GroupNormStats()
-    stats.estimate(holder, lambda crop: dec.features(vae, crop), samples)
+    stats = grid_stats(holder, rows, cols, cfg.stats_grid, lambda crop: dec.features(vae, crop),
+                       lambda a0, a1, b0, b1: z[:, :, a0:a1, b0:b1])
     row_out = _owner_ranges(qy, [(r[0], r[1]) for r in rows])
     col_out = _owner_ranges(qx, [(c[0], c[1]) for c in cols])
     with stats.applying(holder):

@@ -271,6 +271,26 @@ def _spread(n: int, k: int) -> list[int]:
     return sorted({round(i * (n - 1) / max(k - 1, 1)) for i in range(k)})
 
 
+def grid_stats(module: nn.Module, rows: list[AxisTile], cols: list[AxisTile], grid: int,
+               fn: Callable[[torch.Tensor], object],
+               crop: Callable[[int, int, int, int], torch.Tensor]) -> GroupNormStats:
+    """GroupNorm statistics of `module` shared by all tiles, from up to grid x grid sample tiles.
+
+    rows/cols are axis tiles (core start, core end, tile start, tile end, ...); each sample runs
+    `fn` on `crop(a0, a1, b0, b1)` and counts only its core.
+    """
+    samples = []
+    for i in _spread(len(rows), grid):
+        c0, c1, a0, a1 = rows[i][:4]
+        for j in _spread(len(cols), grid):
+            d0, d1, b0, b1 = cols[j][:4]
+            box = ((c0 - a0) / (a1 - a0), (c1 - a0) / (a1 - a0), (d0 - b0) / (b1 - b0), (d1 - b0) / (b1 - b0))
+            samples.append(((lambda a0=a0, a1=a1, b0=b0, b1=b1: crop(a0, a1, b0, b1)), box))
+    stats = GroupNormStats()
+    stats.estimate(module, fn, samples)
+    return stats
+
+
 class VaeTiler:
     """Tiled VAE encode (image -> posterior mean) and decode (latent -> uint8 image).
 
@@ -294,16 +314,7 @@ class VaeTiler:
     def _stats(self, rows: list[AxisTile], cols: list[AxisTile], fn: Callable[[torch.Tensor], object],
                crop: Callable[[int, int, int, int], torch.Tensor]) -> GroupNormStats:
         """Shared GroupNorm statistics from a grid of sample tiles (cores only)."""
-        samples = []
-        for i in _spread(len(rows), self.grid):
-            c0, c1, a0, a1 = rows[i][:4]
-            for j in _spread(len(cols), self.grid):
-                d0, d1, b0, b1 = cols[j][:4]
-                box = ((c0 - a0) / (a1 - a0), (c1 - a0) / (a1 - a0), (d0 - b0) / (b1 - b0), (d1 - b0) / (b1 - b0))
-                samples.append(((lambda a0=a0, a1=a1, b0=b0, b1=b1: crop(a0, a1, b0, b1)), box))
-        stats = GroupNormStats()
-        stats.estimate(self.module, fn, samples)
-        return stats
+        return grid_stats(self.module, rows, cols, self.grid, fn, crop)
 
     # -- encode
     def encode(self, image: torch.Tensor, prep: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
@@ -396,6 +407,6 @@ def ceil_div(a: int, b: int) -> int:
 
 
 __all__ = [
-    "Box", "GaussianMerger", "GroupNormStats", "VaeTiler", "ceil_div", "gaussian_weights",
+    "Box", "GaussianMerger", "GroupNormStats", "VaeTiler", "ceil_div", "gaussian_weights", "grid_stats",
     "latent_tiles", "pad_latent", "tile_starts", "tiled_conv", "to_uint8_image",
 ]

@@ -30,7 +30,6 @@ import json
 import math
 import random
 import shutil
-import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -39,10 +38,9 @@ from typing import Any
 import click
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
-from tadmcodec.errors import InputError, ModelError, TadmError
+from tadmcodec.errors import InputError, ModelError
 from tadmcodec.tadm import spec as S
 from tadmcodec.tadm.implicit import FACTOR, ImplicitDecoder, axis_queries, shared_fingerprint, shared_modules
 from tadmcodec.tadm.spec import ImplicitDecoderConfig
