@@ -13,9 +13,9 @@ turn (before, after, before, ...), so a changing background load hits both alike
 - (a) LoRA merged at export: loading the merged folder against the same model saved with
   adapter files (peft injects, loads and merges them at every start).
 - (b) diffusers imports: `from diffusers import ...` against importing the model modules by
-  path, beside `import torch` alone (the floor) and, as an experiment that is not shipped,
-  the same modules with transformers, peft and accelerate hidden from diffusers
-  (`sys.modules[name] = None`), which shows what diffusers' optional imports cost.
+  path, beside `import torch` alone (the floor) and the same modules imported the way the
+  `tadm` command imports them for a merged folder, without transformers, peft and accelerate
+  (`tadmcodec.tadm.diffusers_import`), which shows what diffusers' optional imports cost.
 - (c) meta device: building the modules on the meta device and assigning the file's tensors,
   against a random init overwritten by the file (heads only: the code before this change,
   whose backbone was already built on the meta device; and everything).
@@ -23,8 +23,12 @@ turn (before, after, before, ...), so a changing background load hits both alike
   the tree before the change (--before-tree) against this one, and whether torch is imported.
 - all together: `tadm decode` / `tadm encode` of a 768x512 image as whole processes, the
   before tree on the adapter folder against this tree on the merged folder.
+- (f) diffusers without its optional imports, as whole processes: `tadm decode` / `tadm encode`
+  of the merged folder through the console entry (`python -m tadmcodec`, which leaves the three
+  out) against the same command through the click group `tadmcodec.cli.main`, which does not
+  (diffusers imported as a library caller's process imports it); same tree, same folder.
 
-Results: benchmarks/results/startup.json and startup.md (replaced by each run).
+Results: benchmarks/results/startup.json and startup.md (replaced by each run), or --out DIR.
 """
 
 from __future__ import annotations
@@ -63,16 +67,18 @@ LOAD_CHILD = textwrap.dedent(r"""
 IMPORT_CHILD = textwrap.dedent(r"""
     import json, sys, time
     variant = sys.argv[1]
-    if variant == "hidden":
-        for name in ("transformers", "peft", "accelerate"):
-            sys.modules[name] = None  # diffusers then takes them for not installed
     t0 = time.perf_counter()
     import torch
     t1 = time.perf_counter()
     if variant == "package":
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
         from diffusers.models.embeddings import TimestepEmbedding
-    elif variant in ("modules", "hidden"):
+    elif variant == "lean":  # what `tadm encode`/`decode` does for a merged folder
+        from pathlib import Path
+        from tadmcodec.tadm import diffusers_import
+        diffusers_import.allow()
+        assert diffusers_import.import_model_modules(Path(sys.argv[3]))  # the merged folder
+    elif variant == "modules":
         from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
         from diffusers.models.embeddings import TimestepEmbedding
         from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
@@ -205,9 +211,10 @@ def main() -> None:
     ap.add_argument("--adapters", type=Path, required=True, help="the same model with adapter files")
     ap.add_argument("--before-tree", type=Path, help="a checkout of the commit before the levers (for d and e)")
     ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--only", default="abcde", help="which groups to run (letters a-e; e = all together)")
+    ap.add_argument("--only", default="abcdef", help="which groups to run (letters a-f; e = all together)")
     ap.add_argument("--timeout", type=int, default=900)
     ap.add_argument("--note", default="")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="folder for startup.json and startup.md")
     args = ap.parse_args()
     merged, adapters = args.merged.resolve(), args.adapters.resolve()
     before = args.before_tree.resolve() if args.before_tree else None
@@ -229,13 +236,14 @@ def main() -> None:
             row("a", "whole load process (imports + load)", "process_s", b, a)
         if "b" in args.only:
             heavy = json.dumps(HEAVY)
-            floor, b, a, hid = interleaved(n, *(run([py, "-c", IMPORT_CHILD, v, heavy])
-                                                for v in ("torch", "package", "modules", "hidden")))
+            floor, b, a, lean = interleaved(n, *(run([py, "-c", IMPORT_CHILD, v, heavy, str(merged)])
+                                                for v in ("torch", "package", "modules", "lean")))
             row("b", "diffusers imports after torch", "import_s", b, a,
                 "before: from diffusers import ...; after: the model modules by path")
             row("b", "import torch alone (floor)", "torch_s", None, floor)
-            row("b", "experiment, not shipped: modules by path with transformers/peft/accelerate hidden",
-                "import_s", a, hid, "before = the shipped imports")
+            row("b", "modules by path, without transformers/peft/accelerate (diffusers_import)",
+                "import_s", a, lean, "before = the modules as a library caller imports them; "
+                "after = as `tadm encode`/`decode` import them for a merged folder")
         if "c" in args.only:
             heads, full, meta = interleaved(n, *(run([py, "-c", BUILD_CHILD, v, str(merged)])
                                                  for v in ("random-heads", "random-all", "meta")))
@@ -243,7 +251,7 @@ def main() -> None:
                 "before = the previous loader (its backbone was already on the meta device)")
             row("c", "build + load weights (everything random then copied -> all on meta)", "build_s", full, meta)
         tadm_file: dict[str, Path] = {}
-        if "d" in args.only or "e" in args.only:
+        if any(g in args.only for g in "def"):
             png = photo(tmp / "photo.png")
             for kind, folder in (("merged", merged), ("adapters", adapters)):
                 out = tmp / f"{kind}.tadm"
@@ -271,13 +279,25 @@ def main() -> None:
                 b, a = interleaved(n, run(cmd("adapters"), before), run(cmd("merged")))
                 row("all", f"tadm {op} 768x512 (whole process)", "process_s", b, a,
                     "before: previous tree on the adapter folder; after: this tree on the merged folder")
+        if "f" in args.only:
+            out = tmp / "out.png"
+            via_main = [py, "-c", "import sys; from tadmcodec.cli import main; sys.argv[0] = 'tadm'; main()"]
+            for op in ("decode", "encode"):
+                argv = (["decode", "--model-dir", str(merged), "-q", "-f", str(tadm_file["merged"]), "-o", str(out)]
+                        if op == "decode" else
+                        ["encode", "-m", "tadm-tiny-x16", "--model-dir", str(merged), "-q", "-f", str(png),
+                         "-o", str(tmp / "re-merged.tadm")])
+                b, a = interleaved(n, run([*via_main, *argv]), run([py, "-m", "tadmcodec", *argv]))
+                row("f", f"tadm {op} 768x512, merged folder (whole process)", "process_s", b, a,
+                    "before: through tadmcodec.cli.main (diffusers whole); after: the console entry "
+                    "(without transformers/peft/accelerate)")
     meta = {**meta_start, "load_average_end": [round(x, 2) for x in os.getloadavg()]}
-    write(rows, meta, args.repeat)
+    write(rows, meta, args.repeat, args.out)
 
 
-def write(rows: list[dict], meta: dict, repeat: int) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "startup.json").write_text(json.dumps({"machine": meta, "repeat": repeat, "rows": rows}, indent=1) + "\n")
+def write(rows: list[dict], meta: dict, repeat: int, folder: Path = RESULTS) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "startup.json").write_text(json.dumps({"machine": meta, "repeat": repeat, "rows": rows}, indent=1) + "\n")
     where = f"{meta.get('cpu', '?')}, {meta.get('simd', '?')} ({meta.get('cpu_count', '?')} cores)"
     lines = ["# Start-up levers (issue 17)", "",
              f"Written by `python benchmarks/startup.py` (see its docstring). Median of {repeat} cold processes "
@@ -299,7 +319,7 @@ def write(rows: list[dict], meta: dict, repeat: int) -> None:
         change = f"{a[k] - b[k]:+.2f}" if b and "error" not in b and "error" not in a else ""
         lines.append(f"| {r['lever']} | {r['measure']} | {fig(b)} | {fig(a)} | {change} | "
                      f"{runs(b)} / {runs(a)} | {r['note']} |")
-    (RESULTS / "startup.md").write_text("\n".join(lines) + "\n")
+    (folder / "startup.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -109,6 +109,25 @@ def run_jobs(jobs: list[Job], work: Callable[[Job, Reporter], None], jobs_n: int
     return EXIT_SOME_FAILED
 
 
+OWN_PROCESS = "own_process"
+"""Key of the click context object `entry` sets: this process runs the `tadm` command alone."""
+
+
+def _own_process_imports() -> None:
+    """In the `tadm` command's own process, the first TADM model load imports diffusers without
+    transformers, peft and accelerate when its folder has no adapters (benchmarks/startup.py, rows b and f).
+
+    Only there: diffusers then takes the three for not installed for the rest of the process
+    (tadmcodec.tadm.diffusers_import says what that disables), which a library caller or a
+    test invoking `main` in its own process may still need.
+    """
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and (ctx.find_root().obj or {}).get(OWN_PROCESS):
+        from tadmcodec.tadm import diffusers_import  # torch-free
+
+        diffusers_import.allow()
+
+
 def _name(source: str) -> str:
     return "<stdin>" if source == STDIO else source
 
@@ -228,6 +247,7 @@ def main() -> None:
 def encode(inputs, output, outdir, force, jobs, quiet, verbose, max_pixels, device, precision, model_dir, sd_dir, vae_dir,
            scale, model, lr_codec, metadata, flatten, engine):
     """Compress images (files, folders, or '-' for stdin) to .tadm."""
+    _own_process_imports()
     scale_i = int(scale) if scale else None
     model_name = model or registry.default_model(scale_i).name
     codec = _make_codec(device, precision, model, model_dir, sd_dir, vae_dir)
@@ -275,6 +295,7 @@ def encode(inputs, output, outdir, force, jobs, quiet, verbose, max_pixels, devi
 def decode(inputs, output, outdir, force, jobs, quiet, verbose, max_pixels, device, precision, model_dir, sd_dir, vae_dir,
            fmt, timestep_map, size_text, zoom, engine):
     """Decompress .tadm files (files, folders, or '-' for stdin) to images."""
+    _own_process_imports()
     from tadmcodec.codec import ZOOM_RANGE, parse_size
 
     if size_text is not None and zoom is not None:
@@ -481,13 +502,14 @@ _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 """click >= 8.2 raises it for a bare group (it shows the help); older click exits 0 after the help."""
 
 
-def run_command(command: click.Command) -> None:
+def run_command(command: click.Command, obj: dict | None = None) -> None:
     """Run a click command as a console script: every error is one line and an exit code.
 
     Usage errors exit 2 like format errors (README, "Exit codes"); Ctrl-C exits 130.
+    `obj` becomes the click context's object.
     """
     try:
-        command.main(standalone_mode=False)
+        command.main(standalone_mode=False, obj=obj)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except _NO_ARGS_IS_HELP as exc:  # bare `tadm`: the help text is the answer
@@ -510,8 +532,12 @@ def run_command(command: click.Command) -> None:
 
 
 def entry() -> None:
-    """Console-script entry: turns TadmError, usage errors and Ctrl-C into one line and an exit code."""
-    run_command(main)
+    """Console-script entry: turns TadmError, usage errors and Ctrl-C into one line and an exit code.
+
+    The process is then the `tadm` command's own, so encode and decode may import
+    diffusers without transformers, peft and accelerate (`_own_process_imports`).
+    """
+    run_command(main, obj={OWN_PROCESS: True})
 
 
 _register_optional_commands()

@@ -5,7 +5,10 @@
 - modules are built on the meta device and take the file's tensors: the same weights as a
   random init overwritten by the file, none left behind;
 - `tadm --help`, `tadm models` and `tadm info` import no torch, and the optional commands are
-  imported only when used, yet listed by --help and runnable.
+  imported only when used, yet listed by --help and runnable;
+- `tadm encode`/`decode` of a merged folder import no transformers, peft or accelerate (diffusers
+  is imported without them, in the command's own process only) and give the same pixels; an
+  adapter folder loaded after that in the same process still loads through peft.
 """
 
 from __future__ import annotations
@@ -229,3 +232,101 @@ def test_registry_still_loads_merged_folders(folders: dict[str, Path]) -> None:
     assert spec.availability() == (True, str(folders["merged"]))
     r = registry.load_rescaler(spec, device="cpu")
     assert r.upscale(lr_image(), 16, SIZE).shape == (SIZE[1], SIZE[0], 3)
+
+
+# ------------------------------------------------------------- diffusers without its optional imports
+
+
+OPTIONAL = ("transformers", "peft", "accelerate")
+
+ENTRY_PROBE = """
+    import json, sys
+    from tadmcodec.cli import entry
+    for argv in json.loads(sys.argv[1]):
+        sys.argv = ["tadm", *argv]
+        try:
+            entry()
+        except SystemExit as exc:
+            assert exc.code in (0, None), (argv, exc.code)
+    from diffusers.utils import import_utils
+    print("STATE " + json.dumps({
+        "modules": sorted({m.split(".")[0] for m in sys.modules} & {"torch", "diffusers", *%r}),
+        "lora": "tadmcodec.tadm.lora" in sys.modules,
+        "peft_available": import_utils.is_peft_available()}))
+""" % (OPTIONAL,)
+
+
+def _entry_state(*commands: list[str]) -> dict:
+    """Run `tadm ARGV` commands in one fresh process through the console entry; what it imported."""
+    p = run_python(ENTRY_PROBE, json.dumps(list(commands)))
+    assert p.returncode == 0, p.stderr
+    return json.loads(next(x for x in p.stdout.splitlines() if x.startswith("STATE "))[len("STATE "):])
+
+
+@pytest.fixture(scope="module")
+def coded(folders: dict[str, Path], tmp_path_factory) -> dict[str, Path]:
+    """A photo, and its .tadm from each folder (encoded in this process, through `main`)."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("coded")
+    png = root / "a.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (SIZE[1], SIZE[0], 3), dtype=np.uint8)).save(png)
+    out = {"png": png}
+    for kind in ("merged", "adapters"):
+        out[kind] = root / f"{kind}.tadm"
+        r = CliRunner().invoke(cli.main, ["encode", str(png), "-m", "tadm-tiny-x16", "--model-dir", str(folders[kind]),
+                                          "--device", "cpu", "-q", "-o", str(out[kind])])
+        assert r.exit_code == 0, r.output
+    return out
+
+
+def _decoded(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(path)).astype(int)
+
+
+def test_cli_decode_of_a_merged_folder_imports_no_transformers_peft_or_accelerate(
+        folders: dict[str, Path], coded: dict[str, Path], tmp_path: Path) -> None:
+    here, there = tmp_path / "here.png", tmp_path / "there.png"
+    argv = ["decode", str(coded["merged"]), "--model-dir", str(folders["merged"]), "--device", "cpu", "-q"]
+    state = _entry_state([*argv, "-o", str(there)])
+    assert state["modules"] == ["diffusers", "torch"], state  # loaded the model, without the three
+    assert not state["lora"] and not state["peft_available"]
+    # this process imported diffusers in full (CliRunner runs `main`, not the console entry)
+    r = CliRunner().invoke(cli.main, [*argv, "-o", str(here)])
+    assert r.exit_code == 0, r.output
+    assert np.array_equal(_decoded(there), _decoded(here))
+
+
+def test_an_adapter_folder_still_loads_through_peft_after_a_merged_one(
+        folders: dict[str, Path], coded: dict[str, Path], tmp_path: Path) -> None:
+    here, there = tmp_path / "here.png", tmp_path / "there.png"
+    argv = ["decode", str(coded["adapters"]), "--model-dir", str(folders["adapters"]), "--device", "cpu", "-q"]
+    state = _entry_state(["encode", str(coded["png"]), "-m", "tadm-tiny-x16", "--model-dir", str(folders["merged"]),
+                          "--device", "cpu", "-q", "-o", str(tmp_path / "m.tadm")],
+                         [*argv, "-o", str(there)])
+    assert state["lora"] and "peft" in state["modules"], state  # peft imported as usual, for the adapters
+    assert not state["peft_available"]  # diffusers keeps its first decision (so: the command's process only)
+    r = CliRunner().invoke(cli.main, [*argv, "-o", str(here)])
+    assert r.exit_code == 0, r.output
+    assert np.array_equal(_decoded(there), _decoded(here))
+
+
+def test_library_loads_and_adapter_folders_import_diffusers_as_is(folders: dict[str, Path],
+                                                                   coded: dict[str, Path], tmp_path: Path) -> None:
+    """Only the console entry's encode/decode of a folder without adapters leave the three out:
+    a library caller's process keeps diffusers whole, and so does a first load of adapters."""
+    p = run_python("""
+        import sys
+        from tadmcodec import registry
+        spec = registry.with_weights_dir(registry.get("tadm-tiny-x16"), sys.argv[1])
+        registry.load_rescaler(spec, device="cpu")
+        from diffusers.utils import import_utils
+        print("PEFT AVAILABLE", import_utils.is_peft_available())
+    """, str(folders["merged"]))
+    assert p.returncode == 0, p.stderr
+    assert "PEFT AVAILABLE True" in p.stdout
+    state = _entry_state(["decode", str(coded["adapters"]), "--model-dir", str(folders["adapters"]),
+                          "--device", "cpu", "-q", "-o", str(tmp_path / "a.png")])
+    assert state["peft_available"] and set(OPTIONAL) <= set(state["modules"]), state

@@ -17,8 +17,9 @@ its LoRA merged into vae/unet.safetensors, so peft is neither imported nor run
 (older folders with adapter files still load, through peft); and the diffusers
 classes come from their own modules. What import time is left is mostly what
 those modules import themselves (torch._dynamo, and transformers, peft and
-accelerate when installed), which diffusers decides: benchmarks/startup.py
-measures it.
+accelerate when installed), which diffusers decides; in the `tadm` command's own
+process `load_tadm` keeps the last three out for folders without adapters
+(`diffusers_import`). benchmarks/startup.py measures both.
 """
 
 from __future__ import annotations
@@ -339,13 +340,21 @@ def load_model_dir(folder: str | os.PathLike, *, device: torch.device | str = "c
 
 def load_tadm(spec: "ModelSpec", device: str = "auto", precision: str = "auto", *,
               sd_dir: Any = None, vae_dir: Any = None) -> "TadmRescaler":
-    """The runnable codec model for a registry spec (a `Rescaler`)."""
+    """The runnable codec model for a registry spec (a `Rescaler`).
+
+    In the `tadm` command's own process the first load imports diffusers without
+    transformers, peft and accelerate when model.json names no LoRA (read before
+    diffusers is imported; see `diffusers_import`); elsewhere diffusers is imported as is.
+    """
+    from tadmcodec.tadm import diffusers_import
     from tadmcodec.tadm.devices import make_deterministic, resolve_device, resolve_dtype
-    from tadmcodec.tadm.pipeline import TadmRescaler
 
     folder = spec.weights_dir()
     if folder is None:
         raise ModelError(f"model {spec.name} is not available: {spec.needs}")
+    diffusers_import.import_model_modules(Path(folder).expanduser())  # before pipeline imports diffusers
+    from tadmcodec.tadm.pipeline import TadmRescaler
+
     dev = resolve_device(device)
     dtype = resolve_dtype(dev, precision)
     make_deterministic(dev)
