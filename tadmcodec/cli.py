@@ -22,7 +22,10 @@ import click
 from tadmcodec import __version__, container, registry
 from tadmcodec.errors import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, TadmError
 from tadmcodec.files import STDIO, Job, plan, read_source, write_target
-from tadmcodec.imageio import INPUT_EXTENSIONS, load_image, metadata_records, output_format, parse_colour, save_image
+from tadmcodec.sizes import bits_per_pixel, lr_size
+
+# tadmcodec.imageio (numpy, Pillow) is imported inside encode and decode: `tadm --help`, `tadm info`
+# and `tadm models` import neither (tests/test_startup.py).
 
 METADATA_CHOICES = ("none", "icc", "exif", "all")
 
@@ -251,7 +254,8 @@ def encode(inputs, output, outdir, force, jobs, quiet, verbose, max_pixels, devi
     scale_i = int(scale) if scale else None
     model_name = model or registry.default_model(scale_i).name
     codec = _make_codec(device, precision, model, model_dir, sd_dir, vae_dir)
-    from tadmcodec.codec import bits_per_pixel, check_scale
+    from tadmcodec.codec import check_scale
+    from tadmcodec.imageio import INPUT_EXTENSIONS, load_image, metadata_records, parse_colour
 
     scale_i = check_scale(codec.spec(model_name), scale_i)
     bg = parse_colour(flatten) if flatten else None
@@ -316,7 +320,7 @@ def decode(inputs, output, outdir, force, jobs, quiet, verbose, max_pixels, devi
         raise TadmError("--timestep-map works with one input file")
     _check_binary_stdout(job_list)
     codec = _make_codec(device, precision, _model_of_dir(model_dir, job_list), model_dir, sd_dir, vae_dir)
-    from tadmcodec.codec import bits_per_pixel
+    from tadmcodec.imageio import output_format, save_image
 
     def work(job: Job, rep: Reporter) -> None:
         t0 = time.perf_counter()
@@ -374,9 +378,6 @@ def _timestep_png(tmap) -> bytes:
 @click.option("--max-pixels", type=click.IntRange(1), default=container.DEFAULT_MAX_PIXELS, show_default=True)
 def info(files, as_json, max_pixels):
     """Show what a .tadm file holds (no model is loaded)."""
-    from tadmcodec.codec import bits_per_pixel
-    from tadmcodec.rescaler import lr_size
-
     failed = 0
     for name in files:
         try:

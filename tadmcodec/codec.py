@@ -17,6 +17,7 @@ from tadmcodec import container, lrcodec, registry
 from tadmcodec.errors import FormatError, InputError, ModelError
 from tadmcodec.registry import ModelSpec
 from tadmcodec.rescaler import Rescaler, lanczos, lr_size
+from tadmcodec.sizes import bits_per_pixel  # re-exported (see __all__)
 
 
 @dataclass(frozen=True)
@@ -232,11 +233,6 @@ def check_scale(spec: ModelSpec, scale: int | None) -> int:
         allowed = "/".join(str(s) for s in spec.scales)
         raise InputError(f"model {spec.name} works at scale {allowed}, not {scale}")
     return scale
-
-
-def bits_per_pixel(n_bytes: int, width: int, height: int) -> float:
-    """8 x stored bytes / original pixels: the rate every table in this project uses."""
-    return 8.0 * n_bytes / (width * height)
 
 
 __all__ = ["Codec", "Decoded", "ZOOM_RANGE", "bits_per_pixel", "check_scale", "output_size", "parse_size",

@@ -36,7 +36,7 @@ overridable with `unpack(max_pixels=...)` (the CLI's --max-pixels)."""
 
 DIGEST_SIZE = 4
 """Bytes of the model digest. Equals tadmcodec.registry.DIGEST_SIZE (a test checks it); not
-imported from there because the registry pulls in numpy and Pillow."""
+imported from there, so that the container depends on nothing of the models."""
 
 LR_CODECS: tuple[str, ...] = ("png", "webp", "jxl")
 """LR codec names as on the command line; the index is the 2-bit id stored in the file."""

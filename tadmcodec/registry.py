@@ -14,8 +14,9 @@ its older files may be refused; it runs only when asked for by name and never
 becomes the default. `check_release_rules` enforces this, and a test runs it on
 the shipped registry.
 
-This module imports no torch: `tadm info` and `tadm models` stay instant. The
-TADM loader (`tadmcodec.tadm.loader`) is imported only when a TADM model runs.
+This module imports no torch, numpy or Pillow: `tadm info` and `tadm models` stay
+instant. The rescalers (`tadmcodec.rescaler`, numpy and Pillow) are imported when one
+is built, and the TADM loader (`tadmcodec.tadm.loader`, torch) only when a TADM model runs.
 """
 
 from __future__ import annotations
@@ -25,10 +26,13 @@ import json
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from tadmcodec.errors import ModelError
-from tadmcodec.rescaler import SCALES, BicubicRescaler, Rescaler
+from tadmcodec.sizes import SCALES
+
+if TYPE_CHECKING:
+    from tadmcodec.rescaler import Rescaler
 
 DIGEST_SIZE = 4
 """Bytes of the SHA-256 of (config, weights) stored in a `.tadm` file."""
@@ -308,6 +312,8 @@ def load_rescaler(spec: ModelSpec, device: str = "auto", precision: str = "auto"
     precision: auto (fp16 on CUDA, fp32 elsewhere), fp32, fp16 or bf16.
     """
     if spec.kind == "bicubic":
+        from tadmcodec.rescaler import BicubicRescaler  # numpy and Pillow are imported only here
+
         return BicubicRescaler()
     ok, why = spec.availability()
     if not ok:
@@ -315,3 +321,12 @@ def load_rescaler(spec: ModelSpec, device: str = "auto", precision: str = "auto"
     from tadmcodec.tadm.loader import load_tadm  # torch is imported only here
 
     return load_tadm(spec, device=device, precision=precision)
+
+
+def __getattr__(name: str) -> Any:
+    """`registry.BicubicRescaler` and `registry.Rescaler` still work, importing the rescaler module on first use."""
+    if name in ("BicubicRescaler", "Rescaler"):
+        from tadmcodec import rescaler
+
+        return getattr(rescaler, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -15,16 +15,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 from PIL import Image
 
-SCALES: tuple[int, ...] = (8, 16, 32)
-
-
-def lr_size(width: int, height: int, scale: int) -> tuple[int, int]:
-    """(width, height) of the LR image for an original of width x height.
-
-    The original is padded up to a multiple of the scale, so the LR image is
-    ceil(W/scale) x ceil(H/scale).
-    """
-    return -(-width // scale), -(-height // scale)
+from tadmcodec.sizes import SCALES, lr_size  # re-exported: defined there without numpy
 
 
 def pad_to_multiple(image: np.ndarray, multiple: int) -> np.ndarray:

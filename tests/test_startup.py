@@ -181,7 +181,7 @@ CLI_PROBE = """
             entry()
         except SystemExit as exc:
             assert exc.code in (0, None), (argv, exc.code)
-    heavy = ("torch", "diffusers", "peft", "transformers", "accelerate")
+    heavy = ("torch", "diffusers", "peft", "transformers", "accelerate", "numpy", "PIL")
     print("MODULES " + json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in heavy
                                           or m.startswith("tadmcodec.cli_"))))
 """
@@ -195,6 +195,7 @@ def _modules_after(*commands: list[str]) -> list[str]:
 
 
 def test_info_models_and_help_import_no_torch(tmp_path: Path) -> None:
+    """Nor numpy or Pillow: the registry, the container and the size arithmetic are free of both."""
     from tadmcodec.codec import Codec
 
     photo = np.random.default_rng(0).integers(0, 256, (64, 96, 3), dtype=np.uint8)
@@ -204,8 +205,25 @@ def test_info_models_and_help_import_no_torch(tmp_path: Path) -> None:
     assert _modules_after(["info", str(f)], ["models"], ["info", "--json", str(f)]) == []
     # --help imports those (they are light: click only) to print their one-line help, still no torch
     mods = _modules_after(["--help"], ["models", "--json"])
-    assert not any(m.split(".")[0] in ("torch", "diffusers", "peft") for m in mods), mods
+    assert not any(m.split(".")[0] in ("torch", "diffusers", "peft", "numpy", "PIL") for m in mods), mods
     assert {"tadmcodec.cli_bench", "tadmcodec.cli_import", "tadmcodec.cli_train"} <= set(mods)
+    # all three in one process, on a golden file too
+    golden = Path(__file__).resolve().parent / "golden" / "small-jxl-metadata.tadm"
+    mods = _modules_after(["--help"], ["models"], ["info", str(golden)])
+    assert not any(m.split(".")[0] in ("torch", "numpy", "PIL") for m in mods), mods
+
+
+def test_registry_builds_bicubic_and_keeps_its_names() -> None:
+    """The rescaler module (numpy, Pillow) is imported when a rescaler is built; the registry's
+    names for it still resolve, to the same objects."""
+    from tadmcodec import codec, rescaler, sizes
+
+    assert registry.BicubicRescaler is rescaler.BicubicRescaler and registry.Rescaler is rescaler.Rescaler
+    assert registry.SCALES is rescaler.SCALES is sizes.SCALES and rescaler.lr_size is sizes.lr_size
+    assert codec.bits_per_pixel is sizes.bits_per_pixel
+    assert isinstance(registry.load_rescaler(registry.get("bicubic")), rescaler.BicubicRescaler)
+    with pytest.raises(AttributeError):
+        registry.no_such_name  # noqa: B018
 
 
 def test_lazy_commands_are_listed_and_run() -> None:
