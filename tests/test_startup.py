@@ -172,7 +172,7 @@ def test_meta_device_load_names_a_tensor_the_file_lacks(folders: dict[str, Path]
 # ------------------------------------------------------------- nothing heavy at import time
 
 
-CLI_PROBE = """
+RUN_ENTRY = """
     import json, sys
     from tadmcodec.cli import entry
     for argv in json.loads(sys.argv[1]):
@@ -181,6 +181,10 @@ CLI_PROBE = """
             entry()
         except SystemExit as exc:
             assert exc.code in (0, None), (argv, exc.code)
+"""
+"""Runs each `tadm ARGV` of argv[1] (a JSON list) through the console entry, in this one process."""
+
+CLI_PROBE = RUN_ENTRY + """
     heavy = ("torch", "diffusers", "peft", "transformers", "accelerate", "numpy", "PIL")
     print("MODULES " + json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in heavy
                                           or m.startswith("tadmcodec.cli_"))))
@@ -257,15 +261,7 @@ def test_registry_still_loads_merged_folders(folders: dict[str, Path]) -> None:
 
 OPTIONAL = ("transformers", "peft", "accelerate")
 
-ENTRY_PROBE = """
-    import json, sys
-    from tadmcodec.cli import entry
-    for argv in json.loads(sys.argv[1]):
-        sys.argv = ["tadm", *argv]
-        try:
-            entry()
-        except SystemExit as exc:
-            assert exc.code in (0, None), (argv, exc.code)
+ENTRY_PROBE = RUN_ENTRY + """
     from diffusers.utils import import_utils
     print("STATE " + json.dumps({
         "modules": sorted({m.split(".")[0] for m in sys.modules} & {"torch", "diffusers", *%r}),
