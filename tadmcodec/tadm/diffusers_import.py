@@ -92,15 +92,14 @@ def needs_peft(folder: Path) -> bool:
 
 
 def import_model_modules(folder: Path) -> bool:
-    """Import MODEL_MODULES before loading the model folder `folder`: without the OPTIONAL
-    packages where `lean_possible()` and the folder needs no peft. True if it left them out.
+    """Before loading the model folder `folder`: where `lean_possible()` and the folder needs no
+    peft, import MODEL_MODULES without the OPTIONAL packages and return True; otherwise import
+    nothing (the pipeline imports diffusers as it is) and return False.
 
     Decided and done under one lock, so no other thread's import sees the None entries.
     """
     with _lock:
         if not lean_possible() or needs_peft(folder):
-            for name in MODEL_MODULES:
-                importlib.import_module(name)
             return False
         for name in OPTIONAL:
             sys.modules[name] = None  # type: ignore[assignment]  # find_spec: not installed
