@@ -122,6 +122,30 @@ def test_stage3_mse_weight_adds_the_decoded_squared_error(workspace, tmp_path):
     assert any(not torch.equal(w0[k], w1[k]) for k in w0)
 
 
+def test_stage3_scores_the_back_projected_image_when_the_model_projects(workspace, tmp_path):
+    """model.lr_projection: stage 3's image losses are those of the projected decode (what
+    `tadm decode` gives), and the exported model.json turns the projection on for decoding."""
+    from tadmcodec.tadm.projection import project_onto_lr
+
+    def one_step(on: bool, run: Path):
+        cfg = micro_cfg(workspace, model={"lr_projection": on}, stage3={"steps": 1})
+        model = S.build_training_model(cfg)
+        result = S.train_stage("stage3", cfg, run, accelerator=_acc(), model=model, log=lambda m: None)
+        return cfg, model, result
+
+    cfg, model, on = one_step(True, tmp_path / "a")
+    _, _, off = one_step(False, tmp_path / "b")
+    assert model.config.lr_projection and on["l1"] != off["l1"]
+    out = S.export(cfg, tmp_path / "a", tmp_path / "export", fp32=True)
+    assert json.loads((out / "model.json").read_text())["lr_projection"] is True
+    # the model's own forward pass projects too
+    x = torch.rand(1, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        fw = model(x)
+        plain = model.decode_latent(fw["z0"])
+    assert torch.allclose(fw["x_hat"], project_onto_lr(plain, fw["y_q"], SCALE), atol=1e-5)
+
+
 def test_stage2_trains_only_lora_tpm_refiner(workspace, tmp_path):
     cfg = micro_cfg(workspace)
     model = S.build_training_model(cfg)

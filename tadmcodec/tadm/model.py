@@ -96,6 +96,14 @@ class TadmModel(nn.Module):
         """VAE decoder on an unscaled latent -> image in about [-1, 1] (float32)."""
         return self.vae.decode(z.to(self.vae_dtype)).sample.float()
 
+    def project(self, x_hat: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
+        """The decoded image back-projected onto the LR image (both [-1, 1]) if the model says so."""
+        if not self.config.lr_projection:
+            return x_hat
+        from tadmcodec.tadm.projection import project_onto_lr
+
+        return project_onto_lr(x_hat, lr, self.config.scale)
+
     def predict_timestep(self, z_hat: torch.Tensor) -> torch.Tensor:
         """TPM on the rescaled latent (unscaled, or scaled if the config says so) -> (B,) t."""
         z = z_hat * self.scaling_factor if self.config.tpm.input_scaled else z_hat
@@ -121,14 +129,15 @@ class TadmModel(nn.Module):
 
         Returns the DFRM outputs (see `DFRM.forward`), `z` (the VAE latent, computed
         without gradient unless given), `t`, `z0` and `x_hat` (decoded from z0,
-        which comes from the quantised chain z_hat).
+        which comes from the quantised chain z_hat, then back-projected onto y_q when
+        the config's lr_projection is on).
         """
         if latent is None:
             with torch.no_grad():
                 latent = self.encode_latent(x)
         out = self.dfrm(x.float(), latent.float())
         z0, t = self.enhance(out["z_hat"])
-        out.update(z=latent, t=t, z0=z0, x_hat=self.decode_latent(z0))
+        out.update(z=latent, t=t, z0=z0, x_hat=self.project(self.decode_latent(z0), out["y_q"]))
         return out
 
     # ------------------------------------------------------------------ LoRA

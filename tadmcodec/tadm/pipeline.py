@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from tadmcodec.errors import FormatError, InputError, ModelError
+from tadmcodec.lr_projection import project_onto_lr
 from tadmcodec.rescaler import lanczos, lr_size, pad_to_multiple
 from tadmcodec.tadm.blocks import receptive_radius
 from tadmcodec.tadm.dfrm import dequantize, quantize
@@ -45,6 +46,7 @@ class TadmRescaler:
         self.latent_tiling = True
         self.vae_tiling = True
         self.channels_last = False
+        self.lr_projection = model.config.lr_projection
         t = model.config.tiling
         self._vae = VaeTiler(
             model.vae, model.encode_latent, model.decode_latent, factor=LATENT_FACTOR,
@@ -87,6 +89,15 @@ class TadmRescaler:
         for net in (self.model.vae, self.model.unet):
             net.to(memory_format=fmt)
         self.channels_last = on
+
+    def enable_lr_projection(self, on: bool = True) -> None:
+        """Back-project each VAE decode onto its LR image (`tadmcodec.lr_projection`), or not.
+
+        On by default for a model trained with it (model.json's lr_projection); turning it off
+        (or on for a model trained without it) shows what the step does, as the benchmarks do.
+        Not applied to the implicit decoder's renderings at other sizes.
+        """
+        self.lr_projection = on
 
     def disable_tiling(self) -> None:
         """Run every stage on the whole image (more memory; one time-step for the whole image)."""
@@ -181,7 +192,10 @@ class TadmRescaler:
                 image, path = self._render_implicit(z0, size, out_size or size)
             else:
                 image = self._vae.decode(z0) if self.vae_tiling else to_uint8_image(m.decode_latent(z0))
-                image, path = np.ascontiguousarray(image[:height, :width]), "VAE decoder"
+                path = "VAE decoder"
+                if self.lr_projection:  # on the padded image, which is exactly scale x the LR image
+                    image, path = project_onto_lr(image, lr, scale), "VAE decoder, LR back-projection"
+                image = np.ascontiguousarray(image[:height, :width])
         if not use_implicit and out_size is not None and out_size != size:
             image = lanczos(image, out_size)
             path = "VAE decoder at full size, then Lanczos" + (f" ({m.implicit_note})" if m.implicit_note else "")

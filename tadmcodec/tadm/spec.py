@@ -202,11 +202,17 @@ class TadmConfig:
     lora_vae: LoraSpec | None = None
     tiling: TilingConfig = TilingConfig()
     text_len: int = 77  # tokens of the stored empty-prompt embedding
+    # One back-projection of the decoded image onto the LR image (`tadmcodec.lr_projection`):
+    # the decode keeps its detail and takes the LR image's low band. Changes every decode, so it
+    # is part of the model (and of the digest), and a model is trained with it on or off.
+    lr_projection: bool = False
     implicit_decoder: ImplicitDecoderConfig | None = None  # optional; not part of the digest
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d = {"format": FORMAT, "version": VERSION, **d}
+        if not d["lr_projection"]:  # written only when on: folders saved before it keep their digest
+            del d["lr_projection"]
         return json.loads(json.dumps(d))  # tuples -> lists, so it equals what is read back
 
     @staticmethod

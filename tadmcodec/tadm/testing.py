@@ -59,7 +59,8 @@ MICRO_IMPLICIT = ImplicitDecoderConfig(hidden=16, layers=1, feature_tile=8, feat
 
 
 def micro_config(scale: int, name: str | None = None, tiling: TilingConfig | None = None, lora: bool = True,
-                 dfrm: DfrmConfig = MICRO_DFRM, implicit: ImplicitDecoderConfig | None = None):
+                 dfrm: DfrmConfig = MICRO_DFRM, implicit: ImplicitDecoderConfig | None = None,
+                 lr_projection: bool = False):
     """The TadmConfig of the micro test model (`implicit`: with that implicit decoder, random)."""
     from tadmcodec.tadm.loader import new_config
 
@@ -68,7 +69,7 @@ def micro_config(scale: int, name: str | None = None, tiling: TilingConfig | Non
         dfrm=dfrm, tpm=MICRO_TPM, refiner=MICRO_REFINER, text_len=8,
         lora_unet=LoraSpec(rank=2, alpha=4.0, targets=UNET_LORA_TARGETS, extra_modules=("conv_in",)) if lora else None,
         lora_vae=LoraSpec(rank=2, alpha=4.0, targets=VAE_LORA_TARGETS, adapter_name="vae_skip") if lora else None,
-        tiling=tiling or TilingConfig(), implicit_decoder=implicit,
+        tiling=tiling or TilingConfig(), implicit_decoder=implicit, lr_projection=lr_projection,
     )
 
 

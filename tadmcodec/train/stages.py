@@ -42,7 +42,7 @@ from PIL import Image
 
 from tadmcodec.errors import InputError, ModelError, TadmError
 from tadmcodec.tadm import backbone as bb
-from tadmcodec.tadm.dfrm import quantize
+from tadmcodec.tadm.dfrm import dequantize, quantize
 from tadmcodec.tadm.lora import adapter_state_dict
 from tadmcodec.tadm.spec import (
     UNET_LORA_TARGETS, VAE_LORA_TARGETS, DfrmConfig, LoraSpec, RefinerConfig, TadmConfig,
@@ -67,6 +67,9 @@ DEFAULTS: dict[str, Any] = {
     "model": {
         "dfrm": {}, "tpm": {}, "refiner": {}, "tiling": {}, "t0": 50,
         "lora_unet": {"rank": 48, "alpha": 8.0}, "lora_vae": {"rank": 16, "alpha": 8.0},
+        # back-project the decode onto the LR image in stages 2-3 and in the exported model
+        # (TadmConfig.lr_projection); stage 3's losses then score the image `tadm decode` gives
+        "lr_projection": False,
     },
     # cached_latents: encode each photo (and its mirror image) once and cut crop latents from it
     # (`latent_cache.LatentCrops`) instead of encoding every crop at every step; crops then start
@@ -127,6 +130,7 @@ def tadm_config(cfg: dict[str, Any], vae_config: dict[str, Any] | None, unet_con
         # the official recipe also trains the UNet's conv_in with the adapter
         lora_unet=_lora(m["lora_unet"], UNET_LORA_TARGETS, extra_modules=("conv_in",)),
         lora_vae=_lora(m["lora_vae"], VAE_LORA_TARGETS, adapter_name="vae_skip"),
+        lr_projection=bool(m["lr_projection"]),
     )
     try:
         if backbone_spec is None:
@@ -401,7 +405,7 @@ def validate(model, images: list[np.ndarray], device: torch.device, autocast: Ca
         rows["bpp"].append(_png_bits(lr[0].permute(1, 2, 0).cpu().numpy()) / (img.shape[0] * img.shape[1]))
         with autocast():
             z0, t = model.enhance(out["z_hat"])
-            x_hat = model.decode_latent(z0).clamp(-1, 1)
+            x_hat = model.project(model.decode_latent(z0), dequantize(lr)).clamp(-1, 1)
             x_rec = model.decode_latent(out["z_hat"]).clamp(-1, 1)
         bic = F.interpolate(bicubic_down(x, scale), size=x.shape[-2:], mode="bicubic",
                             align_corners=False).clamp(-1, 1)
@@ -667,6 +671,7 @@ def train_stage(stage: str, cfg: dict[str, Any], run_dir: Path, resume: bool = F
         with autocast():
             z0, t = model.enhance(out["z_hat"])
             x_hat = model.decode_latent(z0)
+        x_hat = model.project(x_hat, out["y_q"])  # the image `tadm decode` gives, when the model projects
         err = x_hat.float() - x
         l1 = err.abs().mean()
         loss = scfg["l1_weight"] * l1

@@ -1,0 +1,108 @@
+"""What the LR back-projection does to a TADM model's PSNR, photo by photo.
+
+`TadmConfig.lr_projection` back-projects the decode onto the LR image (tadmcodec/lr_projection.py).
+This decodes each photo's `.tadm` LR image twice, with the step off and on
+(`TadmRescaler.enable_lr_projection`), whatever the model's own setting, and reports beside them:
+
+    bicubic     the `bicubic` rescaler's round trip (the default bar's reference)
+    lr_up       the model's own LR image upscaled with bicubic: what the projection imposes as the low band
+    lr_fidelity PSNR of the model's LR image against the bicubic LR image (LR pixels)
+    off / on    the codec's decode without and with the projection
+
+    python benchmarks/lr_projection.py --model tadm-tiny-x32 --scale 32 --threads 1
+
+Writes <out>/<model>-x<scale>.md and .json (default out: benchmarks/results/lr_projection).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+COLUMNS = ("bicubic", "lr_up", "lr_fidelity", "off", "on")
+
+
+def _psnr_any(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR (dB) of two uint8 images of any size (the metrics module wants 32 px sides)."""
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return 99.0 if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def row(rescaler, img: np.ndarray, scale: int) -> dict[str, float]:
+    from tadmcodec.metrics import psnr
+    from tadmcodec.rescaler import BicubicRescaler
+
+    h, w = img.shape[:2]
+    bic = BicubicRescaler()
+    b_lr = bic.downscale(img, scale)
+    lr = rescaler.downscale(img, scale)
+    out = {"bicubic": psnr(img, bic.upscale(b_lr, scale, (w, h))),
+           "lr_up": psnr(img, bic.upscale(lr, scale, (w, h))),
+           "lr_fidelity": _psnr_any(b_lr, lr)}
+    own = rescaler.lr_projection
+    try:
+        for key, on in (("off", False), ("on", True)):
+            rescaler.enable_lr_projection(on)
+            out[key] = psnr(img, rescaler.upscale(lr, scale, (w, h)))
+    finally:
+        rescaler.enable_lr_projection(own)
+    return out
+
+
+def table(model: str, scale: int, own: bool, rows: dict[str, dict[str, float]], command: str) -> str:
+    names = list(rows)
+    mean = {k: float(np.mean([rows[n][k] for n in names])) for k in COLUMNS}
+    above = {k: sum(rows[n][k] > rows[n]["bicubic"] for n in names) for k in ("lr_up", "off", "on")}
+    lines = [f"# LR back-projection: {model} x{scale}", "",
+             f"{len(names)} photos, PSNR in dB against the original. The model was trained with the "
+             f"projection {'on' if own else 'off'} (model.json lr_projection: {str(own).lower()}).", "",
+             "| photo | bicubic | model's LR, bicubic up | LR vs bicubic LR | decode, projection off | "
+             "decode, projection on |", "|---|" + "---:|" * 5]
+    for n, r in [*rows.items(), ("mean", mean)]:
+        lines.append(f"| {n} | " + " | ".join(f"{r[k]:.2f}" for k in COLUMNS) + " |")
+    lines += ["", f"Above bicubic: model's LR upscaled {above['lr_up']}, projection off {above['off']}, "
+              f"projection on {above['on']} of {len(names)} photos.", "", f"Command: `{command}`", ""]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    from tadmcodec.bench.script_args import load_cpu_tadm, named_photos, one_model_parser
+    from tadmcodec.errors import TadmError
+
+    ap = one_model_parser(__doc__.split("\n")[0], ROOT / "benchmarks/results/lr_projection",
+                          ROOT.parent / "shared/data/urban100")
+    args = ap.parse_args()
+    try:
+        from PIL import Image
+
+        name, rescaler = load_cpu_tadm(args.model, args.threads)
+        own = rescaler.lr_projection
+        rows = {}
+        for stem, path in named_photos(args.images, args.names, args.limit):
+            img = np.asarray(Image.open(path).convert("RGB"))
+            h, w = (img.shape[0] // args.scale) * args.scale, (img.shape[1] // args.scale) * args.scale
+            rows[stem] = row(rescaler, np.ascontiguousarray(img[:h, :w]), args.scale)
+            print(stem, json.dumps({k: round(v, 3) for k, v in rows[stem].items()}), file=sys.stderr, flush=True)
+    except TadmError as exc:
+        print(f"lr_projection: {exc}", file=sys.stderr)
+        return 1
+    command = "python benchmarks/lr_projection.py " + " ".join(sys.argv[1:])
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = f"{name}-x{args.scale}"
+    (args.out / f"{stem}.md").write_text(table(name, args.scale, own, rows, command))
+    (args.out / f"{stem}.json").write_text(json.dumps(
+        {"model": name, "scale": args.scale, "trained_with_projection": own, "command": command,
+         "machine": platform.machine(), "photos": rows}, indent=1) + "\n")
+    print(table(name, args.scale, own, rows, command))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""Back-projection of a decoded image onto its LR image (numpy only, no torch).
+
+A TADM decode rebuilds the photo from a latent, and at x32 the VAE decoder's low frequencies
+drift from the photo's (colour casts, shifted brightness) by more than the LR image itself does:
+on Urban100 the LR image's own bicubic upsampling is often nearer the photo than the decode
+(`benchmarks/results/lr_projection/`). One step of back-projection,
+
+    x' = x + U(L - D(x))
+
+replaces the decode's low band, as D sees it, with the LR image's, and keeps the decode's
+detail. D is the antialiased bicubic downscale by the scale, U the bicubic upscale: both are
+fixed separable matrices built here, so the trainer (`tadmcodec.tadm.projection`, torch)
+and the decoder apply the same operator. The decoder works in row strips, so memory stays
+at a strip of the image whatever its size.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+STRIP = 256  # output rows per strip of the decoder's pass (a multiple of every scale)
+
+
+def _cubic(t: np.ndarray, a: float = -0.5) -> np.ndarray:
+    """Keys' cubic kernel (a = -0.5, as Pillow's BICUBIC)."""
+    t = np.abs(t)
+    return np.where(t <= 1, (a + 2) * t**3 - (a + 3) * t**2 + 1,
+                    np.where(t < 2, a * t**3 - 5 * a * t**2 + 8 * a * t - 4 * a, 0.0))
+
+
+def down_matrix(n_in: int, scale: int) -> np.ndarray:
+    """(n_in // scale, n_in): antialiased bicubic downscaling of one axis by `scale`.
+
+    The kernel is widened by the scale (as Pillow does when shrinking); weights that fall
+    outside the axis are dropped and each row renormalised.
+    """
+    n_out = n_in // scale
+    centre = (np.arange(n_out) + 0.5) * scale - 0.5
+    w = _cubic((np.arange(n_in)[None, :] - centre[:, None]) / scale)
+    return (w / w.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def up_matrix(n_out: int, scale: int) -> np.ndarray:
+    """(n_out, n_out // scale): bicubic upscaling of one axis by `scale` (edges renormalised)."""
+    n_in = n_out // scale
+    centre = (np.arange(n_out) + 0.5) / scale - 0.5
+    w = _cubic(np.arange(n_in)[None, :] - centre[:, None])
+    return (w / w.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def project_onto_lr(image: np.ndarray, lr: np.ndarray, scale: int, strip: int = STRIP) -> np.ndarray:
+    """x + U(L - D(x)) for a uint8 (H, W, 3) image whose sides are `scale` times the LR's.
+
+    Two passes over the image in row strips: one accumulates D(x), one writes the result.
+    """
+    h, w = lr.shape[:2]
+    if image.shape != (h * scale, w * scale, 3) or image.dtype != np.uint8 or lr.dtype != np.uint8:
+        raise ValueError(f"image {image.dtype} {image.shape} is not x{scale} of LR {lr.dtype} {lr.shape}")
+    dy, dx = down_matrix(h * scale, scale), down_matrix(w * scale, scale)
+    uy, ux = up_matrix(h * scale, scale), up_matrix(w * scale, scale)
+    low = np.zeros((h, w, 3), np.float32)
+    for a in range(0, h * scale, strip):
+        rows = image[a:a + strip].astype(np.float32)
+        low += np.einsum("ya,axc,bx->ybc", dy[:, a:a + strip], rows, dx, optimize=True)
+    residual = lr.astype(np.float32) - low
+    wide = np.einsum("ybc,xb->yxc", residual, ux, optimize=True)  # (h, W, 3): small
+    out = np.empty_like(image)
+    for a in range(0, h * scale, strip):
+        rows = image[a:a + strip].astype(np.float32) + np.einsum("ay,yxc->axc", uy[a:a + strip], wide,
+                                                                 optimize=True)
+        out[a:a + strip] = np.clip(np.rint(rows), 0, 255).astype(np.uint8)
+    return out
