@@ -1,17 +1,17 @@
 """Back-projection of a decoded image onto its LR image (numpy only, no torch).
 
-A TADM decode rebuilds the photo from a latent, and at x32 the VAE decoder's low frequencies
-drift from the photo's (colour casts, shifted brightness) by more than the LR image itself does:
-on Urban100 the LR image's own bicubic upsampling is often nearer the photo than the decode
-(`benchmarks/results/lr_projection/`). One step of back-projection,
+A TADM decode rebuilds the photo from a latent, and its low frequencies (colour, brightness
+over tens of pixels) need not agree with the LR image the file holds. One step of
+back-projection,
 
     x' = x + U(L - D(x))
 
 replaces the decode's low band, as D sees it, with the LR image's, and keeps the decode's
-detail. D is the antialiased bicubic downscale by the scale, U the bicubic upscale: both are
-fixed separable matrices built here, so the trainer (`tadmcodec.tadm.projection`, torch)
-and the decoder apply the same operator. The decoder works in row strips, so memory stays
-at a strip of the image whatever its size.
+detail; `benchmarks/lr_projection.py` measures what it does per photo, off and on. D is the
+antialiased bicubic downscale by the scale and U the bicubic upscale, both fixed separable
+matrices built here, so the trainer (`tadmcodec.tadm.projection`, torch) and the decoder
+apply the same operator. The decoder works in row strips: memory stays at a strip of the
+image whatever its size.
 """
 
 from __future__ import annotations
