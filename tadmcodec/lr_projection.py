@@ -10,8 +10,9 @@ replaces the decode's low band, as D sees it, with the LR image's, and keeps the
 detail; `benchmarks/lr_projection.py` measures what it does per photo, off and on. D is the
 antialiased bicubic downscale by the scale and U the bicubic upscale, both fixed separable
 matrices built here, so the trainer (`tadmcodec.tadm.projection`, torch) and the decoder
-apply the same operator. The decoder works in row strips: memory stays at a strip of the
-image whatever its size.
+apply the same operator. The decoder works in row strips, so the image is never held in
+float; the matrices are dense, (side, side/scale) float32 per axis and direction, which is
+33 MB for a 16384-pixel side at x32 and 4x that at x8 (banded ones would be smaller).
 """
 
 from __future__ import annotations
