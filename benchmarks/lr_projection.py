@@ -16,7 +16,6 @@ Writes <out>/<model>-x<scale>.md and .json (default out: benchmarks/results/lr_p
 
 from __future__ import annotations
 
-import json
 import platform
 import sys
 from pathlib import Path
@@ -73,34 +72,23 @@ def table(model: str, scale: int, own: bool, rows: dict[str, dict[str, float]], 
 
 
 def main() -> int:
-    from tadmcodec.bench.script_args import load_cpu_tadm, named_photos, one_model_parser
+    from tadmcodec.bench.script_args import load_cpu_tadm, one_model_parser, photo_rows, write_results
     from tadmcodec.errors import TadmError
 
     ap = one_model_parser(__doc__.split("\n")[0], ROOT / "benchmarks/results/lr_projection",
                           ROOT.parent / "shared/data/urban100")
     args = ap.parse_args()
     try:
-        from PIL import Image
-
         name, rescaler = load_cpu_tadm(args.model, args.threads)
         own = rescaler.lr_projection
-        rows = {}
-        for stem, path in named_photos(args.images, args.names, args.limit):
-            img = np.asarray(Image.open(path).convert("RGB"))
-            h, w = (img.shape[0] // args.scale) * args.scale, (img.shape[1] // args.scale) * args.scale
-            rows[stem] = row(rescaler, np.ascontiguousarray(img[:h, :w]), args.scale)
-            print(stem, json.dumps({k: round(v, 3) for k, v in rows[stem].items()}), file=sys.stderr, flush=True)
+        rows = photo_rows(args, lambda img: row(rescaler, img, args.scale))
     except TadmError as exc:
         print(f"lr_projection: {exc}", file=sys.stderr)
         return 1
     command = "python benchmarks/lr_projection.py " + " ".join(sys.argv[1:])
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"{name}-x{args.scale}"
-    (args.out / f"{stem}.md").write_text(table(name, args.scale, own, rows, command))
-    (args.out / f"{stem}.json").write_text(json.dumps(
-        {"model": name, "scale": args.scale, "trained_with_projection": own, "command": command,
-         "machine": platform.machine(), "photos": rows}, indent=1) + "\n")
-    print(table(name, args.scale, own, rows, command))
+    write_results(args.out, f"{name}-x{args.scale}", table(name, args.scale, own, rows, command),
+                  {"model": name, "scale": args.scale, "trained_with_projection": own, "command": command,
+                   "machine": platform.machine(), "photos": rows})
     return 0
 
 

@@ -20,7 +20,6 @@ Writes <out>/<model>-x<scale>.md and .json (default out: benchmarks/results/psnr
 
 from __future__ import annotations
 
-import json
 import platform
 import sys
 from pathlib import Path
@@ -84,34 +83,22 @@ def table(model: str, scale: int, rows: dict[str, dict[str, float]], command: st
 
 
 def main() -> int:
-    from tadmcodec.bench.script_args import load_cpu_tadm, named_photos, one_model_parser
+    from tadmcodec.bench.script_args import load_cpu_tadm, one_model_parser, photo_rows, write_results
     from tadmcodec.errors import TadmError
 
     ap = one_model_parser(__doc__.split("\n")[0], ROOT / "benchmarks/results/psnr_budget",
                           ROOT.parent / "shared/data/urban100")
     args = ap.parse_args()
     try:
-        from PIL import Image
-
         name, rescaler = load_cpu_tadm(args.model, args.threads)
-        photos = named_photos(args.images, args.names, args.limit)
-        rows = {}
-        for stem, path in photos:
-            img = np.asarray(Image.open(path).convert("RGB"))
-            h, w = (img.shape[0] // args.scale) * args.scale, (img.shape[1] // args.scale) * args.scale
-            rows[stem] = budget(rescaler, np.ascontiguousarray(img[:h, :w]), args.scale)
-            print(stem, json.dumps({k: round(v, 4) for k, v in rows[stem].items()}), file=sys.stderr, flush=True)
+        rows = photo_rows(args, lambda img: budget(rescaler, img, args.scale))
     except TadmError as exc:
         print(f"psnr_budget: {exc}", file=sys.stderr)
         return 1
     command = "python benchmarks/psnr_budget.py " + " ".join(sys.argv[1:])
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"{name}-x{args.scale}"
-    (args.out / f"{stem}.md").write_text(table(name, args.scale, rows, command))
-    (args.out / f"{stem}.json").write_text(json.dumps(
-        {"model": name, "scale": args.scale, "command": command, "machine": platform.machine(), "photos": rows},
-        indent=1) + "\n")
-    print(table(name, args.scale, rows, command))
+    write_results(args.out, f"{name}-x{args.scale}", table(name, args.scale, rows, command),
+                  {"model": name, "scale": args.scale, "command": command, "machine": platform.machine(),
+                   "photos": rows})
     return 0
 
 

@@ -1,9 +1,13 @@
-"""Argument handling shared by the scripts in benchmarks/ (crops, quality bar, PSNR budget, hatching)."""
+"""Argument handling and the per-photo loop shared by the scripts in benchmarks/ (crops, quality bar,
+PSNR budget, hatching, LR projection)."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from pathlib import Path
+from typing import Any, Callable
 
 from tadmcodec import registry
 from tadmcodec.errors import InputError
@@ -70,3 +74,26 @@ def load_cpu_tadm(item: str, threads: int | None = None):
     if name in dirs:
         spec = registry.with_weights_dir(spec, dirs[name])
     return name, load_tadm(spec, device="cpu")
+
+
+def photo_rows(args: argparse.Namespace, row: Callable[[Any], dict[str, float]]) -> dict[str, dict[str, float]]:
+    """`row(image)` for each photo `args` names, cropped to a multiple of `args.scale` (uint8 RGB);
+    one progress line per photo on stderr."""
+    import numpy as np
+    from PIL import Image
+
+    rows = {}
+    for stem, path in named_photos(args.images, args.names, args.limit):
+        img = np.asarray(Image.open(path).convert("RGB"))
+        h, w = (img.shape[0] // args.scale) * args.scale, (img.shape[1] // args.scale) * args.scale
+        rows[stem] = row(np.ascontiguousarray(img[:h, :w]))
+        print(stem, json.dumps({k: round(v, 4) for k, v in rows[stem].items()}), file=sys.stderr, flush=True)
+    return rows
+
+
+def write_results(out: Path, stem: str, markdown: str, doc: dict[str, Any]) -> None:
+    """<out>/<stem>.md and .json, and the table on stdout."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.md").write_text(markdown)
+    (out / f"{stem}.json").write_text(json.dumps(doc, indent=1) + "\n")
+    print(markdown)

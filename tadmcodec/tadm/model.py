@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from tadmcodec.tadm.dfrm import DFRM
+from tadmcodec.tadm.projection import project_onto_lr
 from tadmcodec.tadm.scheduler import HybridScheduler, Refiner
 from tadmcodec.tadm.spec import TadmConfig
 from tadmcodec.tadm.tiling import pad_latent
@@ -98,11 +99,7 @@ class TadmModel(nn.Module):
 
     def project(self, x_hat: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
         """The decoded image back-projected onto the LR image (both [-1, 1]) if the model says so."""
-        if not self.config.lr_projection:
-            return x_hat
-        from tadmcodec.tadm.projection import project_onto_lr
-
-        return project_onto_lr(x_hat, lr, self.config.scale)
+        return project_onto_lr(x_hat, lr, self.config.scale) if self.config.lr_projection else x_hat
 
     def predict_timestep(self, z_hat: torch.Tensor) -> torch.Tensor:
         """TPM on the rescaled latent (unscaled, or scaled if the config says so) -> (B,) t."""

@@ -42,7 +42,7 @@ from PIL import Image
 
 from tadmcodec.errors import InputError, ModelError, TadmError
 from tadmcodec.tadm import backbone as bb
-from tadmcodec.tadm.dfrm import dequantize, quantize
+from tadmcodec.tadm.dfrm import quantize
 from tadmcodec.tadm.lora import adapter_state_dict
 from tadmcodec.tadm.spec import (
     UNET_LORA_TARGETS, VAE_LORA_TARGETS, DfrmConfig, LoraSpec, RefinerConfig, TadmConfig,
@@ -405,7 +405,7 @@ def validate(model, images: list[np.ndarray], device: torch.device, autocast: Ca
         rows["bpp"].append(_png_bits(lr[0].permute(1, 2, 0).cpu().numpy()) / (img.shape[0] * img.shape[1]))
         with autocast():
             z0, t = model.enhance(out["z_hat"])
-            x_hat = model.project(model.decode_latent(z0), dequantize(lr)).clamp(-1, 1)
+            x_hat = model.project(model.decode_latent(z0), out["y_q"]).clamp(-1, 1)
             x_rec = model.decode_latent(out["z_hat"]).clamp(-1, 1)
         bic = F.interpolate(bicubic_down(x, scale), size=x.shape[-2:], mode="bicubic",
                             align_corners=False).clamp(-1, 1)
