@@ -158,7 +158,8 @@ def test_benchmark_script_end_to_end(tmp_path, folders) -> None:
     doc = json.loads((out / "tadm-tiny-x16-x16.json").read_text())
     assert doc["trained_with_projection"] is True
     row = doc["photos"]["p1"]
-    assert set(row) == {"bicubic", "lr_up", "lr_fidelity", "off", "on"} and row["on"] != row["off"]
+    assert set(row) == {"bicubic", "lr_up", "lr_fidelity", "off", "on", "bicubic_lr"} and row["on"] != row["off"]
+    assert row["bicubic_lr"] != row["on"]  # the model's LR image is not the bicubic one
     spec = importlib.util.spec_from_file_location("lr_projection_bench", ROOT / "benchmarks" / "lr_projection.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
