@@ -2,7 +2,8 @@
 
 `TadmConfig.lr_projection` back-projects the decode onto the LR image (tadmcodec/lr_projection.py).
 This decodes each photo's `.tadm` LR image twice, with the step off and on
-(`TadmRescaler.enable_lr_projection`), whatever the model's own setting, and reports beside them:
+(`TadmRescaler.enable_lr_projection`), whatever the model's own setting, then the bicubic LR image
+once with it on, and reports beside them:
 
     bicubic     the `bicubic` rescaler's round trip (the default bar's reference)
     lr_up       the model's own LR image upscaled with bicubic: what the projection imposes as the low band
