@@ -20,6 +20,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tadmcodec.lr_choice import DEFAULT_EFFORT, EFFORTS  # noqa: E402  (no numpy: --help stays instant)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -32,6 +35,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, help="only the first N photos")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "quality_bar")
     p.add_argument("--threads", type=int, default=None, help="torch threads")
+    p.add_argument("--effort", type=int, choices=EFFORTS, default=DEFAULT_EFFORT,
+                   help="the model's encoder effort (tadmcodec.lr_choice; default: tadm encode's)")
     return p.parse_args(argv)
 
 
@@ -51,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         with torch_threads(args.threads):
             for i, (name, path) in enumerate(photos, 1):
                 print(f"[{i}/{len(photos)}] {name}", file=sys.stderr, flush=True)
-                checks.append(bar.check_image(name, read_image(str(path)), codec, model, args.scale))
+                checks.append(bar.check_image(name, read_image(str(path)), codec, model, args.scale,
+                                              effort=args.effort))
     except TadmError as exc:
         print(f"quality_bar: {exc}", file=sys.stderr)
         return 1

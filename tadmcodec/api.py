@@ -30,6 +30,7 @@ from PIL import Image
 from tadmcodec import container, imageio, registry
 from tadmcodec.codec import Codec, Decoded, check_scale, output_size, parse_size
 from tadmcodec.errors import InputError, ModelError
+from tadmcodec.lr_choice import DEFAULT_EFFORT
 
 ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, IO[bytes], Image.Image, np.ndarray]
 """What `encode` accepts: a path, an image file's bytes or binary file object, a Pillow image, an array."""
@@ -59,6 +60,7 @@ def encode(
     lr_codec: str = "auto",
     metadata: str = "none",
     flatten: Colour | None = None,
+    effort: int = DEFAULT_EFFORT,
     max_pixels: int = container.DEFAULT_MAX_PIXELS,
     model_dir: str | os.PathLike | None = None,
     device: str = "auto",
@@ -75,7 +77,9 @@ def encode(
     lr_codec: auto | png | webp | jxl. metadata: none | icc | exif | all
     (what of the input's ICC/EXIF to keep; arrays have none). flatten: a colour
     ('white', '#808080' or (r, g, b)) to composite transparent images onto;
-    without it they are refused. model_dir: the model's weights folder (the
+    without it they are refused. effort: 1 stores the model's LR image, 2 (the
+    default) also tries the bicubic LR image and keeps whichever decodes closer
+    to the photo (`tadmcodec.lr_choice`; two trial decodes). model_dir: the model's weights folder (the
     CLI's --model-dir; needs `model`).
 
     Raises InputError (unusable image or option), ModelError (unknown or
@@ -89,7 +93,7 @@ def encode(
     for note in loaded.notes:
         warnings.warn(note, UserWarning, stacklevel=2)
     return codec.encode(loaded.pixels, model=model_name, scale=scale, lr_codec=lr_codec,
-                        metadata=imageio.metadata_records(loaded, metadata))
+                        metadata=imageio.metadata_records(loaded, metadata), effort=effort)
 
 
 def decode(

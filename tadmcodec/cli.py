@@ -22,6 +22,7 @@ import click
 from tadmcodec import __version__, container, registry
 from tadmcodec.errors import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, TadmError
 from tadmcodec.files import STDIO, Job, plan, read_source, write_target
+from tadmcodec.lr_choice import DEFAULT_EFFORT, EFFORTS
 from tadmcodec.sizes import bits_per_pixel, lr_size
 
 # tadmcodec.imageio (numpy, Pillow) is imported inside encode and decode: `tadm --help`, `tadm info`
@@ -246,9 +247,12 @@ def main() -> None:
 @click.option("--metadata", type=click.Choice(METADATA_CHOICES), default="none", show_default=True,
               help="Input metadata to keep (costs bytes).")
 @click.option("--flatten", metavar="COLOUR", help="Composite transparent images onto COLOUR (e.g. white) instead of refusing them.")
+@click.option("-e", "--effort", type=click.Choice([str(e) for e in EFFORTS]), default=str(DEFAULT_EFFORT),
+              show_default=True, help="1: store the model's LR image; 2: also try the bicubic LR image and keep "
+              "whichever decodes closer to the photo (two trial decodes per image).")
 @engine_option
 def encode(inputs, output, outdir, force, jobs, quiet, verbose, max_pixels, device, precision, model_dir, sd_dir, vae_dir,
-           scale, model, lr_codec, metadata, flatten, engine):
+           scale, model, lr_codec, metadata, flatten, effort, engine):
     """Compress images (files, folders, or '-' for stdin) to .tadm."""
     _own_process_imports()
     scale_i = int(scale) if scale else None
@@ -263,7 +267,7 @@ def encode(inputs, output, outdir, force, jobs, quiet, verbose, max_pixels, devi
         from tadmcodec.cli_ray import encode_on_ray
 
         sys.exit(encode_on_ray(inputs, output, outdir, force, quiet, verbose, max_pixels, device, precision, codec,
-                               model_name, scale_i, lr_codec, metadata, bg))
+                               model_name, scale_i, lr_codec, metadata, bg, int(effort)))
     job_list = plan(inputs, INPUT_EXTENSIONS, output, outdir, ".tadm")
     _check_binary_stdout(job_list)
 
@@ -273,12 +277,15 @@ def encode(inputs, output, outdir, force, jobs, quiet, verbose, max_pixels, devi
         for note in img.notes:
             rep.warn(f"{_name(job.source)}: {note}")
         records = metadata_records(img, metadata)
-        data = codec.encode(img.pixels, model=model_name, scale=scale_i, lr_codec=lr_codec, metadata=records)
+        enc = codec.encode_detailed(img.pixels, model=model_name, scale=scale_i, lr_codec=lr_codec,
+                                    metadata=records, effort=int(effort))
+        data = enc.data
         write_target(job.target, data, force)
         h, w = img.pixels.shape[:2]
         rep.info(
             f"{_name(job.source)} -> {_name(job.target)}: {w}x{h}, {len(data)} bytes, "
-            f"{bits_per_pixel(len(data), w, h):.4f} bpp, {model_name} x{scale_i}, {time.perf_counter() - t0:.2f} s"
+            f"{bits_per_pixel(len(data), w, h):.4f} bpp, {model_name} x{scale_i}, {time.perf_counter() - t0:.2f} s; "
+            f"{enc.choice.describe()}"
         )
 
     sys.exit(run_jobs(job_list, work, jobs, quiet, verbose, "encoding"))

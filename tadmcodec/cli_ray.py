@@ -160,7 +160,8 @@ def _rows(jobs: list[Job], formats: Callable[[Job], str] | None = None) -> list[
 
 def encode_on_ray(inputs: tuple[str, ...], output: str | None, outdir: str | None, force: bool, quiet: bool,
                   verbose: bool, max_pixels: int, device: str, precision: str, codec: Any, model: str,
-                  scale: int, lr_codec: str, metadata: str, flatten: tuple[int, int, int] | None) -> int:
+                  scale: int, lr_codec: str, metadata: str, flatten: tuple[int, int, int] | None,
+                  effort: int) -> int:
     """`tadm encode --engine ray`: the arguments as `cli.encode` has parsed and checked them."""
     from tadmcodec.codec import bits_per_pixel
 
@@ -173,6 +174,7 @@ def encode_on_ray(inputs: tuple[str, ...], output: str | None, outdir: str | Non
         res = td.plan_resources(device, _workers(), items=len(todo), gpu_model=gpu_model)
         return td.encode_dataset(
             td.jobs_dataset(_rows(todo)), model, scale, lr_codec=lr_codec, metadata=metadata, flatten=flatten,
+            effort=effort,
             max_pixels=max_pixels, device=device, precision=precision,
             model_dirs={k: str(v) for k, v in codec.model_dirs.items()}, column="path", workers=res.workers,
             num_gpus=res.num_gpus, num_cpus=res.num_cpus, batch_size=_batch_size(len(todo), res.workers),

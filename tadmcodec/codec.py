@@ -15,6 +15,7 @@ import numpy as np
 
 from tadmcodec import container, lrcodec, registry
 from tadmcodec.errors import FormatError, InputError, ModelError
+from tadmcodec.lr_choice import DEFAULT_EFFORT, Choice, check_effort, choose_lr
 from tadmcodec.registry import ModelSpec
 from tadmcodec.rescaler import Rescaler, lanczos, lr_size
 from tadmcodec.sizes import bits_per_pixel  # re-exported (see __all__)
@@ -29,6 +30,14 @@ class Decoded:
     model: ModelSpec
     timestep_map: np.ndarray | None = None  # (h_lat, w_lat) float32, when asked for
     path: str = ""  # how the image was rendered ("VAE decoder", "implicit decoder", "..., then Lanczos")
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A `.tadm` file's bytes and the encoder's choice of LR image (`tadmcodec.lr_choice`)."""
+
+    data: bytes
+    choice: Choice
 
 
 @dataclass
@@ -76,18 +85,37 @@ class Codec:
         scale: int | None = None,
         lr_codec: str = "auto",
         metadata: tuple[container.MetadataRecord, ...] = (),
+        effort: int = DEFAULT_EFFORT,
     ) -> bytes:
         """uint8 (H, W, 3) image -> `.tadm` bytes."""
+        return self.encode_detailed(image, model, scale, lr_codec, metadata, effort).data
+
+    def encode_detailed(
+        self,
+        image: np.ndarray,
+        model: str,
+        scale: int | None = None,
+        lr_codec: str = "auto",
+        metadata: tuple[container.MetadataRecord, ...] = (),
+        effort: int = DEFAULT_EFFORT,
+    ) -> Encoded:
+        """As `encode`, with the LR image the encoder kept and why (effort: see `tadmcodec.lr_choice`)."""
         spec = self.spec(model)
         scale = check_scale(spec, scale)
+        try:
+            effort = check_effort(effort)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise InputError(f"expected an 8-bit RGB image, got {image.dtype} {image.shape}")
         height, width = image.shape[:2]
-        lr = self.rescaler(spec).downscale(np.ascontiguousarray(image), scale)
+        rescaler = self.rescaler(spec)
+        lr = rescaler.downscale(np.ascontiguousarray(image), scale)
         lw, lh = lr_size(width, height, scale)
         if lr.shape != (lh, lw, 3) or lr.dtype != np.uint8:
             raise ModelError(f"model {spec.name} returned an LR image of {lr.shape}, expected {(lh, lw, 3)}")
-        codec_name, payload = lrcodec.encode_lr(lr, lr_codec)
+        choice = choose_lr(rescaler, np.ascontiguousarray(image), scale, lr, effort)
+        codec_name, payload = lrcodec.encode_lr(choice.kept.lr, lr_codec)
         f = container.TadmFile(
             scale=scale,
             width=width,
@@ -98,7 +126,7 @@ class Codec:
             payload=payload,
             metadata=tuple(metadata),
         )
-        return container.pack(f)
+        return Encoded(container.pack(f), choice)
 
     def decode(
         self,
@@ -235,5 +263,5 @@ def check_scale(spec: ModelSpec, scale: int | None) -> int:
     return scale
 
 
-__all__ = ["Codec", "Decoded", "ZOOM_RANGE", "bits_per_pixel", "check_scale", "output_size", "parse_size",
+__all__ = ["Codec", "Decoded", "Encoded", "ZOOM_RANGE", "bits_per_pixel", "check_scale", "output_size", "parse_size",
            "FormatError"]

@@ -39,6 +39,7 @@ from tadmcodec import container
 from tadmcodec.errors import InputError, TadmError
 from tadmcodec import files as _files
 from tadmcodec.files import STDIO, Job, expand_inputs, read_source, write_target
+from tadmcodec.lr_choice import DEFAULT_EFFORT, check_effort
 
 if TYPE_CHECKING:  # only for annotations: importing ray costs seconds and is optional
     import pyarrow.fs
@@ -360,9 +361,9 @@ class _Encoder(_Worker):
     """map_batches callable: an image per row in, its `.tadm` bytes (or the reason it failed) out."""
 
     def __init__(self, model: str, scale: int, lr_codec: str, metadata: str, flatten: tuple[int, int, int] | None,
-                 max_pixels: int, column: str | None, **common: Any) -> None:
+                 max_pixels: int, column: str | None, effort: int = DEFAULT_EFFORT, **common: Any) -> None:
         super().__init__(**common)
-        self.model, self.scale, self.lr_codec = model, scale, lr_codec
+        self.model, self.scale, self.lr_codec, self.effort = model, scale, lr_codec, effort
         self.metadata, self.flatten, self.max_pixels, self.column = metadata, flatten, max_pixels, column
         if metadata != "none":
             # the very choice `tadm encode --metadata` makes, so the bytes cannot drift apart
@@ -399,7 +400,8 @@ class _Encoder(_Worker):
                 records = self._records(img, self.metadata)
         if pixels.ndim == 3 and pixels.shape[0] * pixels.shape[1] > self.max_pixels:
             raise TadmError(f"image has {pixels.shape[1]}x{pixels.shape[0]} pixels, over --max-pixels {self.max_pixels}")
-        data = self.codec.encode(pixels, model=self.model, scale=self.scale, lr_codec=self.lr_codec, metadata=records)
+        data = self.codec.encode(pixels, model=self.model, scale=self.scale, lr_codec=self.lr_codec, metadata=records,
+                                 effort=self.effort)
         h, w = pixels.shape[:2]
         info = {"tadm_size": len(data), "width": w, "height": h, "notes": "\n".join(notes) or None,
                 "seconds": time.perf_counter() - t0}
@@ -546,6 +548,7 @@ def encode_dataset(
     lr_codec: str = "auto",
     metadata: str = "none",
     flatten: tuple[int, int, int] | None = None,
+    effort: int = DEFAULT_EFFORT,
     max_pixels: int = container.DEFAULT_MAX_PIXELS,
     device: str = "auto",
     precision: str = "auto",
@@ -568,7 +571,7 @@ def encode_dataset(
     are coded as they are. The output keeps the other columns and adds `tadm`
     (binary; null where the row failed), `error` (null, or the one-line reason),
     `tadm_size`, `width`, `height`, `notes` (warnings such as a 16-bit reduction) and
-    `seconds`. `model` defaults as `tadm encode`'s does; `workers`, `num_gpus` and
+    `seconds`. `model` and `effort` (`tadmcodec.lr_choice`) default as `tadm encode`'s do; `workers`, `num_gpus` and
     `num_cpus` default to `plan_resources`'s choice on the connected cluster.
     """
     from tadmcodec import registry
@@ -582,8 +585,12 @@ def encode_dataset(
         raise InputError(f"metadata must be one of {', '.join(METADATA_CHOICES)}, not {metadata!r}")
     if lr_codec not in ("auto", *container.LR_CODECS):
         raise InputError(f"lr_codec must be auto or one of {', '.join(container.LR_CODECS)}, not {lr_codec!r}")
+    try:
+        effort = check_effort(effort)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
     res = plan_resources(device, workers, num_gpus, num_cpus, gpu_model=spec.kind != "bicubic")
-    kwargs = dict(model=model, scale=scale, lr_codec=lr_codec, metadata=metadata, flatten=flatten,
+    kwargs = dict(model=model, scale=scale, lr_codec=lr_codec, metadata=metadata, flatten=flatten, effort=effort,
                   max_pixels=max_pixels, column=column, device=device, precision=precision, model_dirs=dirs,
                   environ=_environ(), write_uris=_write_uris, force=_force)
     return _map(ds, _Encoder, kwargs, res, batch_size)

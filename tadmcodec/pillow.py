@@ -36,6 +36,7 @@ from PIL import Image, ImageFile
 
 from tadmcodec import api, container
 from tadmcodec.errors import FormatError, InputError, ModelError, TadmError
+from tadmcodec.lr_choice import DEFAULT_EFFORT
 
 FORMAT = "TADM"
 EXTENSION = ".tadm"
@@ -184,7 +185,7 @@ class _TadmDecoder(ImageFile.PyDecoder):
         return -1, 0
 
 
-_SAVE_OPTIONS = ("model", "scale", "lr_codec", "flatten", "model_dir", "device", "precision", "icc_profile", "exif")
+_SAVE_OPTIONS = ("model", "scale", "lr_codec", "effort", "flatten", "model_dir", "device", "precision", "icc_profile", "exif")
 
 
 def _save(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
@@ -201,6 +202,7 @@ def encode_pil(
     scale: int | None = None,
     *,
     lr_codec: str = "auto",
+    effort: int = DEFAULT_EFFORT,
     flatten: api.Colour | None = None,
     model_dir: str | os.PathLike | None = None,
     device: str | None = None,
@@ -223,7 +225,8 @@ def encode_pil(
     if exif:
         records.append(container.MetadataRecord("exif", exif.tobytes() if isinstance(exif, Image.Exif)
                                                 else _as_bytes(exif, "exif")))
-    return codec.encode(loaded.pixels, model=model_name, scale=scale, lr_codec=lr_codec, metadata=tuple(records))
+    return codec.encode(loaded.pixels, model=model_name, scale=scale, lr_codec=lr_codec, metadata=tuple(records),
+                        effort=effort)
 
 
 def _as_bytes(value: Any, name: str) -> bytes:

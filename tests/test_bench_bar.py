@@ -99,6 +99,8 @@ def test_check_image_keeps_every_classic_file_within_the_budget(tmp_path) -> Non
     assert set(c.verdict()) == set(bar.CRITERIA)
     assert c.bicubic.label == "bicubic x16" and set(c.ours.metrics) == set(bar.BAR_METRICS)
     assert all(set(k.metrics) == set(bar.CLASSIC_METRICS) for k in c.classic)
+    assert c.lr_source in ("model", "bicubic")
+    assert bar.check_image("p", photo(128, 96), codec, "tadm-tiny-x16", 16, families=(), effort=1).lr_source == "model"
     with pytest.raises(InputError, match="give another model"):
         bar.check_image("p", photo(64, 64), codec, "bicubic", 16)
 
@@ -115,12 +117,16 @@ def test_script_end_to_end(tmp_path) -> None:
     assert r.returncode == 0, r.stderr
     doc = json.loads((out / "tadm-tiny-x16-x16.json").read_text())
     assert doc["summary"]["images"] == 1 and doc["images"][0]["image"] == "p1"
+    kept = doc["images"][0]["lr_source"]
+    assert kept in ("model", "bicubic") and doc["summary"]["bicubic_lr_kept"] == (kept == "bicubic")
     # an untrained random model cannot beat bicubic's PSNR by 0.5 dB
     bars = doc["summary"]["bars"]
     assert bars["headline"]["passes"] is False
     assert r.stdout.strip().endswith(f"default bar {'met' if bars['default']['passes'] else 'NOT met'}, "
                                      "headline bar NOT met")
-    assert (out / "tadm-tiny-x16-x16.md").read_text().startswith("# Quality bar: tadm-tiny-x16 x16")
+    md = (out / "tadm-tiny-x16-x16.md").read_text()
+    assert md.startswith("# Quality bar: tadm-tiny-x16 x16") and f"| {kept} |" in md
+    assert f"bicubic LR image (`tadmcodec.lr_choice`) on {int(kept == 'bicubic')} of 1 images" in md
     bad = subprocess.run(cmd[:3] + ["nope", "--scale", "16", "--images", str(photos), "--out", str(tmp_path / "o2")],
                          capture_output=True, text=True)
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "nope" in bad.stderr

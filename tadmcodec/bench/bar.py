@@ -31,6 +31,7 @@ import numpy as np
 from tadmcodec.bench import classic
 from tadmcodec.bench.settings import CLASSIC_CODECS, SHRINKS
 from tadmcodec.errors import InputError
+from tadmcodec.lr_choice import DEFAULT_EFFORT
 
 BAR_METRICS: tuple[str, ...] = ("psnr", "lpips_alex", "lpips_vgg", "dists")
 CLASSIC_METRICS: tuple[str, ...] = ("psnr", "lpips_alex", "dists")
@@ -81,6 +82,7 @@ class ImageCheck:
     ours: Coded
     bicubic: Coded
     classic: list[Coded] = field(default_factory=list)  # one per codec × shrink that fits the budget
+    lr_source: str = "model"  # the LR image the encoder kept (tadmcodec.lr_choice): "model" or "bicubic"
 
     def best(self, metric: str) -> Coded | None:
         """The classic file with the lowest `metric` (LPIPS/DISTS: lower is better)."""
@@ -108,8 +110,9 @@ def judge(ours: dict[str, float], bicubic: dict[str, float], best_classic: dict[
 
 def check_image(name: str, image: np.ndarray, codec, model: str, scale: int,
                 families: tuple[str, ...] = CLASSIC_CODECS, shrinks: tuple[int, ...] = SHRINKS,
-                device: str = "cpu") -> ImageCheck:
-    """Code `image` with the model, bicubic and every classic codec within the model's bytes; measure all."""
+                device: str = "cpu", effort: int = DEFAULT_EFFORT) -> ImageCheck:
+    """Code `image` with the model (at `effort`, `tadmcodec.lr_choice`), bicubic and every classic codec
+    within the model's bytes; measure all."""
     from tadmcodec.metrics.evaluation import Evaluator
 
     if model == "bicubic":
@@ -120,10 +123,12 @@ def check_image(name: str, image: np.ndarray, codec, model: str, scale: int,
     def coded(label: str, n: int, px: np.ndarray, metrics: tuple[str, ...] = BAR_METRICS) -> Coded:
         return Coded(label, n, 8.0 * n / (w * h), measure(px, only=metrics))
 
-    data = codec.encode(image, model=model, scale=scale)
+    enc = codec.encode_detailed(image, model=model, scale=scale, effort=effort)
+    data = enc.data
     ours = coded(f"{model} x{scale}", len(data), codec.decode(data).pixels)
     data_b = codec.encode(image, model="bicubic", scale=scale)
-    check = ImageCheck(name, ours, coded(f"bicubic x{scale}", len(data_b), codec.decode(data_b).pixels))
+    check = ImageCheck(name, ours, coded(f"bicubic x{scale}", len(data_b), codec.decode(data_b).pixels),
+                       lr_source=enc.choice.kept.source)
     for family in families:
         for k in shrinks:
             found = classic.best_within(image, len(data), family, k)
@@ -157,6 +162,7 @@ def summary(checks: list[ImageCheck]) -> dict:
                         "passes": all(on_means[k] for k in b.criteria) and all(counts[k] >= need for k in b.criteria)}
     return {
         "images": len(checks),
+        "bicubic_lr_kept": sum(c.lr_source == "bicubic" for c in checks),
         "bpp": mean([c.ours.bpp for c in checks]),
         "bicubic_bpp": mean([c.bicubic.bpp for c in checks]),
         "mean": {"ours": ours, "bicubic": bicubic, "best_classic": best},
@@ -192,7 +198,9 @@ def markdown(checks: list[ImageCheck], title: str) -> str:
     lines = [f"# {title}", "",
              f"{s['images']} images; mean {s['bpp']:.4f} bpp (bicubic {s['bicubic_bpp']:.4f}). "
              f"**Default bar {'met' if bars['default']['passes'] else 'not met'}; headline bar "
-             f"{'met' if bars['headline']['passes'] else 'not met'}.**", ""]
+             f"{'met' if bars['headline']['passes'] else 'not met'}.**", "",
+             f"The encoder kept the bicubic LR image (`tadmcodec.lr_choice`) on {s['bicubic_lr_kept']} of "
+             f"{s['images']} images, the model's own on the others.", ""]
     for b in BARS.values():
         lines += [f"{b.name.capitalize()} bar: {b.rule} (here {bars[b.name]['needed']} of {s['images']}).", "",
                   "| criterion | images passing | on the means |", "|---|---:|---|"]
@@ -205,7 +213,7 @@ def markdown(checks: list[ImageCheck], title: str) -> str:
               "| bicubic | {psnr:.2f} | {lpips_alex:.4f} | {lpips_vgg:.4f} | {dists:.4f} |".format(**m["bicubic"]),
               f"| best classic within budget | | {m['best_classic']['lpips_alex']:.4f} | | {m['best_classic']['dists']:.4f} |",
               "", "| image | bpp | PSNR ours / bicubic | LPIPS-Alex ours / bicubic / best classic | "
-              "DISTS ours / bicubic / best classic | default | headline |", "|---|---:|---|---|---|---|---|"]
+              "DISTS ours / bicubic / best classic | default | headline | LR kept |", "|---|---:|---|---|---|---|---|---|"]
     for c in checks:
         bl, bd = c.best("lpips_alex"), c.best("dists")
         fl = f"{bl.metrics['lpips_alex']:.3f} ({bl.label})" if bl else "none in budget"
@@ -214,5 +222,5 @@ def markdown(checks: list[ImageCheck], title: str) -> str:
         lines.append(f"| {c.image} | {c.ours.bpp:.4f} | {o['psnr']:.2f} / {b['psnr']:.2f} | "
                      f"{o['lpips_alex']:.3f} / {b['lpips_alex']:.3f} / {fl} | "
                      f"{o['dists']:.3f} / {b['dists']:.3f} / {fd} | {yes[all(v[k] for k in BARS['default'].criteria)]} | "
-                     f"{yes[all(v[k] for k in BARS['headline'].criteria)]} |")
+                     f"{yes[all(v[k] for k in BARS['headline'].criteria)]} | {c.lr_source} |")
     return "\n".join(lines) + "\n"
