@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -78,17 +79,9 @@ class Codec:
                 self._loaded[spec.name] = registry.load_rescaler(spec, device=self.device, precision=self.precision)
             return self._loaded[spec.name]
 
-    def encode(
-        self,
-        image: np.ndarray,
-        model: str,
-        scale: int | None = None,
-        lr_codec: str = "auto",
-        metadata: tuple[container.MetadataRecord, ...] = (),
-        effort: int = DEFAULT_EFFORT,
-    ) -> bytes:
-        """uint8 (H, W, 3) image -> `.tadm` bytes."""
-        return self.encode_detailed(image, model, scale, lr_codec, metadata, effort).data
+    def encode(self, image: np.ndarray, model: str, scale: int | None = None, **options: Any) -> bytes:
+        """uint8 (H, W, 3) image -> `.tadm` bytes; options (lr_codec, metadata, effort) as `encode_detailed`'s."""
+        return self.encode_detailed(image, model, scale, **options).data
 
     def encode_detailed(
         self,
