@@ -45,10 +45,11 @@ class Choice:
 
     def describe(self) -> str:
         """One line for `tadm encode -v`: which LR image was kept and what the trials measured."""
+        kept = {"model": "the model's own", "bicubic": "the bicubic downscale"}[self.kept.source]
         if len(self.tried) == 1:
-            return f"LR image: the {self.kept.source}'s (no trial decode)"
+            return f"LR image kept: {kept} (no trial decode)"
         scores = ", ".join(f"{c.source} {c.psnr:.2f} dB" for c in self.tried)
-        return f"LR image: the {self.kept.source}'s (trial decodes: {scores})"
+        return f"LR image kept: {kept} (trial decodes: {scores})"
 
 
 def check_effort(effort: object) -> int:

@@ -52,7 +52,7 @@ def test_a_stray_lr_image_loses_to_the_bicubic_one() -> None:
     assert choice.kept.source == "bicubic" and np.array_equal(choice.kept.lr, BIC.downscale(img, 8))
     model, bic = choice.tried
     assert (model.source, bic.source) == ("model", "bicubic") and bic.psnr > model.psnr
-    assert "LR image: the bicubic's" in choice.describe() and "model " in choice.describe()
+    assert choice.describe().startswith("LR image kept: the bicubic downscale (trial decodes: model ")
 
 
 def test_an_lr_image_that_decodes_better_is_kept() -> None:
@@ -68,7 +68,7 @@ def test_effort_1_decodes_nothing_and_keeps_the_model_s() -> None:
     own = fake.downscale(img, 8)
     choice = choose_lr(fake, img, 8, own, effort=1)
     assert fake.decodes == 0 and choice.kept.lr is own and choice.kept.psnr is None
-    assert choice.describe() == "LR image: the model's (no trial decode)"
+    assert choice.describe() == "LR image kept: the model's own (no trial decode)"
 
 
 def test_nothing_to_choose_decodes_nothing() -> None:
@@ -157,10 +157,10 @@ def test_cli_effort(micro, tmp_path) -> None:
     base = ["encode", str(src), "-m", "tadm-tiny-x16", "--model-dir", str(micro), "--device", "cpu"]
     p = subprocess.run([*TADM, *base, "-o", str(tmp_path / "a.tadm"), "-v"], capture_output=True, timeout=300)
     assert p.returncode == 0, p.stderr
-    assert b"LR image: the " in p.stderr and b"trial decodes: model " in p.stderr
+    assert b"LR image kept: the " in p.stderr and b"trial decodes: model " in p.stderr
     p = subprocess.run([*TADM, *base, "-o", str(tmp_path / "b.tadm"), "-v", "-e", "1"], capture_output=True,
                        timeout=300)
-    assert p.returncode == 0 and b"LR image: the model's (no trial decode)" in p.stderr, p.stderr
+    assert p.returncode == 0 and b"LR image kept: the model's own (no trial decode)" in p.stderr, p.stderr
     p = subprocess.run([*TADM, *base, "-o", str(tmp_path / "c.tadm"), "--effort", "3"], capture_output=True,
                        timeout=300)
     err = p.stderr.decode()
