@@ -205,10 +205,10 @@ def _version(metadata, name: str) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
 @_one_line_errors
 def demo_command(out, count, max_size, model, scale, threads, device, as_json):
-    """Our default model against JPEG of at least the same size, on bundled sample photos.
+    """Our default model against JPEG of at least the same size and the best AVIF within it, on bundled photos.
 
     Needs no input: prints bpp, PSNR, LPIPS and DISTS per photo and writes the
-    coded files and a side-by-side picture (original | JPEG | ours) to --out.
+    coded files (ours, JPEG) and a side-by-side picture (original | JPEG | AVIF | ours) to --out.
     """
     from tadmcodec.bench.demo import run_demo, table
     from tadmcodec.bench.runner import torch_threads

@@ -18,6 +18,7 @@ import io
 import time
 from dataclasses import dataclass
 from importlib import metadata
+from typing import Callable
 
 import imagecodecs
 import numpy as np
@@ -142,3 +143,22 @@ def best_within(image: np.ndarray, n_bytes: int, family: str, factor: int) -> tu
     out = enlarge(decode(data(lo), family), w, h)
     s = Setting(family, ladder[lo], shrink=factor, option=option)
     return s, Coded(len(data(lo)), np.ascontiguousarray(out), 0.0, 0.0)
+
+
+def best_avif_within(image: np.ndarray, n_bytes: int,
+                     lpips: Callable[[np.ndarray], float]) -> tuple[str, Coded] | None:
+    """(label, file) of the AVIF a user would pick within `n_bytes`: of the best setting at each
+    pre-shrink (1x, 2x, 4x), the one with the lowest `lpips` (LPIPS-Alex of the decoded pixels).
+
+    None when even quality 0 at 4x is over the budget. What the crops and the demo show beside a model.
+    """
+    found = []
+    for k in (1, 2, 4):
+        hit = best_within(image, n_bytes, "avif", k)
+        if hit is not None:
+            s, c = hit
+            found.append((lpips(c.decoded), f"AVIF {k}x q={int(s.param)}" if k > 1 else f"AVIF q={int(s.param)}", c))
+    if not found:
+        return None
+    _, label, c = min(found, key=lambda f: f[0])
+    return label, c

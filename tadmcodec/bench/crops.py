@@ -72,15 +72,10 @@ def compare(name: str, image: np.ndarray, codec, models: list[tuple[str, int]],
         px = codec.decode(data).pixels
         coded.append((model, f"{model} x{scale}", len(data), px, measure(px)))
     budget = coded[0][2]
-    avifs = []  # (LPIPS-Alex, label, file): the pick needs LPIPS only; the winner is measured fully
-    for k in (1, 2, 4):
-        found = classic.best_within(image, budget, "avif", k)
-        if found is not None:
-            s, c = found
-            label = f"AVIF {k}x q={int(s.param)}" if k > 1 else f"AVIF q={int(s.param)}"
-            avifs.append((measure(c.decoded, only=("lpips_alex",))["lpips_alex"], label, c))
-    if avifs:
-        _, label, c = min(avifs, key=lambda a: a[0])
+    # the pick needs LPIPS only; the winner is measured fully
+    avif = classic.best_avif_within(image, budget, lambda px: measure(px, only=("lpips_alex",))["lpips_alex"])
+    if avif is not None:
+        label, c = avif
         coded.insert(0, ("avif", label, c.n_bytes, c.decoded, measure(c.decoded)))
     q, jpeg = jpeg_not_smaller(image, budget)
     jpeg_px = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"))
