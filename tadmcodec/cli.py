@@ -256,6 +256,7 @@ def encode(inputs, output, outdir, force, jobs, quiet, verbose, max_pixels, devi
     """Compress images (files, folders, or '-' for stdin) to .tadm."""
     _own_process_imports()
     scale_i = int(scale) if scale else None
+    effort_i = int(effort)  # a click.Choice of EFFORTS, as text
     model_name = model or registry.default_model(scale_i).name
     codec = _make_codec(device, precision, model, model_dir, sd_dir, vae_dir)
     from tadmcodec.codec import check_scale
@@ -267,7 +268,7 @@ def encode(inputs, output, outdir, force, jobs, quiet, verbose, max_pixels, devi
         from tadmcodec.cli_ray import encode_on_ray
 
         sys.exit(encode_on_ray(inputs, output, outdir, force, quiet, verbose, max_pixels, device, precision, codec,
-                               model_name, scale_i, lr_codec, metadata, bg, int(effort)))
+                               model_name, scale_i, lr_codec, metadata, bg, effort_i))
     job_list = plan(inputs, INPUT_EXTENSIONS, output, outdir, ".tadm")
     _check_binary_stdout(job_list)
 
@@ -278,7 +279,7 @@ def encode(inputs, output, outdir, force, jobs, quiet, verbose, max_pixels, devi
             rep.warn(f"{_name(job.source)}: {note}")
         records = metadata_records(img, metadata)
         enc = codec.encode_detailed(img.pixels, model=model_name, scale=scale_i, lr_codec=lr_codec,
-                                    metadata=records, effort=int(effort))
+                                    metadata=records, effort=effort_i)
         data = enc.data
         write_target(job.target, data, force)
         h, w = img.pixels.shape[:2]

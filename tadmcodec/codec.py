@@ -16,7 +16,7 @@ import numpy as np
 
 from tadmcodec import container, lrcodec, registry
 from tadmcodec.errors import FormatError, InputError, ModelError
-from tadmcodec.lr_choice import DEFAULT_EFFORT, Choice, check_effort, choose_lr
+from tadmcodec.lr_choice import DEFAULT_EFFORT, Choice, choose_lr, user_effort
 from tadmcodec.registry import ModelSpec
 from tadmcodec.rescaler import Rescaler, lanczos, lr_size
 from tadmcodec.sizes import bits_per_pixel  # re-exported (see __all__)
@@ -95,19 +95,17 @@ class Codec:
         """As `encode`, with the LR image the encoder kept and why (effort: see `tadmcodec.lr_choice`)."""
         spec = self.spec(model)
         scale = check_scale(spec, scale)
-        try:
-            effort = check_effort(effort)
-        except ValueError as exc:
-            raise InputError(str(exc)) from None
+        effort = user_effort(effort)
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise InputError(f"expected an 8-bit RGB image, got {image.dtype} {image.shape}")
         height, width = image.shape[:2]
         rescaler = self.rescaler(spec)
-        lr = rescaler.downscale(np.ascontiguousarray(image), scale)
+        image = np.ascontiguousarray(image)
+        lr = rescaler.downscale(image, scale)
         lw, lh = lr_size(width, height, scale)
         if lr.shape != (lh, lw, 3) or lr.dtype != np.uint8:
             raise ModelError(f"model {spec.name} returned an LR image of {lr.shape}, expected {(lh, lw, 3)}")
-        choice = choose_lr(rescaler, np.ascontiguousarray(image), scale, lr, effort)
+        choice = choose_lr(rescaler, image, scale, lr, effort)
         codec_name, payload = lrcodec.encode_lr(choice.kept.lr, lr_codec)
         f = container.TadmFile(
             scale=scale,

@@ -39,7 +39,7 @@ from tadmcodec import container
 from tadmcodec.errors import InputError, TadmError
 from tadmcodec import files as _files
 from tadmcodec.files import STDIO, Job, expand_inputs, read_source, write_target
-from tadmcodec.lr_choice import DEFAULT_EFFORT, check_effort
+from tadmcodec.lr_choice import DEFAULT_EFFORT, user_effort
 
 if TYPE_CHECKING:  # only for annotations: importing ray costs seconds and is optional
     import pyarrow.fs
@@ -585,10 +585,7 @@ def encode_dataset(
         raise InputError(f"metadata must be one of {', '.join(METADATA_CHOICES)}, not {metadata!r}")
     if lr_codec not in ("auto", *container.LR_CODECS):
         raise InputError(f"lr_codec must be auto or one of {', '.join(container.LR_CODECS)}, not {lr_codec!r}")
-    try:
-        effort = check_effort(effort)
-    except ValueError as exc:
-        raise InputError(str(exc)) from None
+    effort = user_effort(effort)
     res = plan_resources(device, workers, num_gpus, num_cpus, gpu_model=spec.kind != "bicubic")
     kwargs = dict(model=model, scale=scale, lr_codec=lr_codec, metadata=metadata, flatten=flatten, effort=effort,
                   max_pixels=max_pixels, column=column, device=device, precision=precision, model_dirs=dirs,

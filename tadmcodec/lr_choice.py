@@ -20,6 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from tadmcodec.errors import InputError
+
 if TYPE_CHECKING:  # numpy and Pillow load on the first choice: the CLI imports EFFORTS before parsing
     import numpy as np
 
@@ -61,11 +63,12 @@ def check_effort(effort: object) -> int:
     return int(effort)
 
 
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    import numpy as np
-
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10.0 * float(np.log10(255.0**2 / mse))
+def user_effort(effort: object) -> int:
+    """`check_effort` for an option a user gave: the same message, as the one-line InputError."""
+    try:
+        return check_effort(effort)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
 
 
 def choose_lr(rescaler: Rescaler, image: np.ndarray, scale: int, own_lr: np.ndarray,
@@ -78,6 +81,7 @@ def choose_lr(rescaler: Rescaler, image: np.ndarray, scale: int, own_lr: np.ndar
     """
     import numpy as np
 
+    from tadmcodec.metrics.psnr_ssim import psnr_unchecked
     from tadmcodec.rescaler import BicubicRescaler
 
     effort = check_effort(effort)
@@ -88,7 +92,7 @@ def choose_lr(rescaler: Rescaler, image: np.ndarray, scale: int, own_lr: np.ndar
     if bic_lr.shape == own.lr.shape and np.array_equal(bic_lr, own.lr):
         return Choice(own, (own,))
     h, w = image.shape[:2]
-    tried = tuple(Candidate(c.source, c.lr, _psnr(image, rescaler.upscale(c.lr, scale, (w, h))))
+    tried = tuple(Candidate(c.source, c.lr, psnr_unchecked(image, rescaler.upscale(c.lr, scale, (w, h))))
                   for c in (own, Candidate("bicubic", bic_lr)))
     kept = max(tried, key=lambda c: (c.psnr, c.source == "model"))
     return Choice(kept, tried)

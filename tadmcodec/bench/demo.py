@@ -126,13 +126,14 @@ def run_demo(
         if avif is not None:
             label, c = avif
             coded.append(("avif", label, c.n_bytes, c.decoded))
-        panel = [(px, f"{name} original {w}x{h}")]
+        shown = {}  # method -> (pixels, caption)
         for method, label, n, test in coded:
             v = measure(test)
             row = DemoRow(name, method, label, n, 8.0 * n / (w * h), v["psnr"], v["lpips_alex"], v["dists"])
             rows.append(row)
-            panel.append((test, f"{label}: {row.bpp:.3f} bpp, LPIPS {row.lpips:.3f}"))
-        panels.append([panel[0], *panel[2:], panel[1]])  # original | JPEG | AVIF | ours
+            shown[method] = (test, f"{label}: {row.bpp:.3f} bpp, LPIPS {row.lpips:.3f}")
+        panels.append([(px, f"{name} original {w}x{h}"),
+                       *(shown[m] for m in ("jpeg", "avif", "ours") if m in shown)])
     picture = out / "side_by_side.png"
     side_by_side(panels).save(picture)
     return rows, picture

@@ -44,6 +44,14 @@ def check_pair(ref: np.ndarray, test: np.ndarray) -> None:
 def psnr(ref: np.ndarray, test: np.ndarray) -> float:
     """PSNR in dB of 8-bit RGB images (MSE over all channels); inf when identical."""
     check_pair(ref, test)
+    return psnr_unchecked(ref, test)
+
+
+def psnr_unchecked(ref: np.ndarray, test: np.ndarray) -> float:
+    """`psnr` without `check_pair`: any size (LR images, the encoder's trial decodes of tiny photos).
+
+    The caller guarantees two uint8 arrays of one shape.
+    """
     diff = ref.astype(np.float64) - test.astype(np.float64)
     mse = float(np.mean(diff * diff))
     return math.inf if mse == 0.0 else 10.0 * math.log10(_L * _L / mse)
