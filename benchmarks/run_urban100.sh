@@ -4,6 +4,9 @@
 #   benchmarks/run_urban100.sh            standard grid, all 30 images (91 min on 2 CPU cores with --jobs 2)
 #   benchmarks/run_urban100.sh --quick    CI-sized: 3 images, grid `quick`
 #   benchmarks/run_urban100.sh --limit N  standard grid on the first N images only
+#   benchmarks/run_urban100.sh --reuse    take the classic and bicubic rows from the committed
+#                                         benchmarks/results/urban100/results.csv (`tadm bench --reuse`:
+#                                         one of each is re-measured and must match), compute the rest
 #
 # Work and its resumable cache go to runs/bench-urban100[-quick] (ignored by git):
 # an interrupted run picks up where it stopped when started again. The standard
@@ -28,6 +31,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --quick) GRID=quick; WORK=runs/bench-urban100-quick; PUBLISH=""; EXTRA+=(--limit 3) ;;
     --limit) EXTRA+=(--limit "$2"); PUBLISH=${PUBLISH:+$PUBLISH-first$2}; shift ;;  # same cache as the full run
+    --reuse) EXTRA+=(--reuse benchmarks/results/urban100/results.csv) ;;
     *) EXTRA+=("$1") ;;
   esac
   shift

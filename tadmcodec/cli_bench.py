@@ -108,12 +108,15 @@ class _Bar:
 @click.option("--threads", type=click.IntRange(1), help="Torch threads per job (default: CPU cores / jobs).")
 @click.option("--device", default="cpu", show_default=True, help="Torch device for models and metrics.")
 @click.option("--model-dir", "model_dirs", multiple=True, metavar="NAME=DIR", help="Weights folder for a model.")
+@click.option("--reuse", type=click.Path(dir_okay=False), metavar="RESULTS.CSV",
+              help="Take the classic and bicubic rows from an earlier run's results.csv (one of each is "
+              "re-measured first and must match); learned models are always computed.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or messages on stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout instead of the summary path.")
 @_one_line_errors
 def bench_command(inputs, out, grid, codecs, shrink, jpeg_quality, webp_quality, avif_quality, jxl_distance,
                   avif_speed, jxl_effort, models, scales, lr_codecs, metrics, limit, jobs, threads, device, model_dirs,
-                  quiet, as_json):
+                  reuse, quiet, as_json):
     """Rate-distortion benchmark: our models and JPEG/WebP/AVIF/JPEG XL on every image.
 
     Writes results.csv, one CompressAI-style JSON per curve, bdrate.json/.md,
@@ -153,6 +156,14 @@ def bench_command(inputs, out, grid, codecs, shrink, jpeg_quality, webp_quality,
         limit=limit,
         model_dirs=dirs,
     )
+    seeded = None
+    if reuse is not None:
+        from tadmcodec.bench.reuse import seed_cache
+
+        seeded = seed_cache(config, Path(reuse))
+        if not quiet:
+            click.echo(f"tadm: bench: {seeded.rows} rows reused from {reuse} (re-measured and matching: "
+                       f"{'; '.join(seeded.checked) or 'none'})", err=True)
     with _Bar(not quiet, "bench") as bar:
         result = runner.run(config, progress=bar.update)
     files = report.write_all(result, _versions())
@@ -169,6 +180,7 @@ def bench_command(inputs, out, grid, codecs, shrink, jpeg_quality, webp_quality,
             "settings": len(result.settings),
             "computed": result.computed,
             "cached": result.cached,
+            "reused": seeded.rows if seeded else 0,
             "files": {k: str(v) for k, v in files.items()},
         }, indent=2))
     else:

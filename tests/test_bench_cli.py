@@ -133,6 +133,39 @@ def test_bench_resumes_from_the_cache(images: Path, tmp_path: Path):
     assert fourth["computed"] == 4
 
 
+def test_bench_reuses_classic_and_bicubic_rows_after_checking_them(images: Path, tmp_path: Path):
+    args = ["--codecs", "jpeg", "--jpeg-quality", "5,40", "--shrink", "1", "--models", "bicubic", "--scales", "8",
+            "--lr-codecs", "png", "--metrics", "psnr,ssim", "--threads", "1", "-q", "--json"]
+    first = json.loads(bench(str(images), "-o", str(tmp_path / "first"), *args).stdout)
+    assert (first["computed"], first["reused"]) == (6, 0)
+    old = tmp_path / "first" / "results.csv"
+    # a new folder, as after a fresh clone: every row comes from the file, none is coded again
+    again = json.loads(bench(str(images), "-o", str(tmp_path / "again"), "--reuse", str(old), *args).stdout)
+    assert (again["computed"], again["cached"], again["reused"]) == (0, 6, 6)
+    key = lambda r: (r["image"], r["setting"], r["bytes"], r["psnr"], r["ssim"], r["enc_s"])  # noqa: E731
+    assert [key(r) for r in csv.DictReader(open(old))] == \
+        [key(r) for r in csv.DictReader(open(tmp_path / "again" / "results.csv"))]
+    # a setting the file lacks is computed
+    more = json.loads(bench(str(images), "-o", str(tmp_path / "more"), "--reuse", str(old),
+                            *args[:3], "5,40,60", *args[4:]).stdout)
+    assert (more["computed"], more["reused"]) == (2, 6)
+    # a file that does not match what this machine measures is refused whole, in one line
+    rows = list(csv.DictReader(open(old)))
+    first_jpeg = next(r for r in rows if r["kind"] == "classic")
+    first_jpeg["bytes"] = str(int(first_jpeg["bytes"]) + 1)
+    bad = tmp_path / "bad.csv"
+    with open(bad, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    r = CliRunner().invoke(bench_command, [str(images), "-o", str(tmp_path / "b"), "--reuse", str(bad), *args])
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "does not match this machine" in r.stderr
+    assert not (tmp_path / "b" / "cache").exists()
+    r = CliRunner().invoke(bench_command, [str(images), "-o", str(tmp_path / "c"), "--reuse", str(images / "notes.txt"),
+                                           *args])
+    assert r.exit_code == 2 and "not a results.csv" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_bench_with_two_worker_processes_matches_one(images: Path, tmp_path: Path):
     common = [str(images), "--codecs", "jpeg", "--jpeg-quality", "20", "--shrink", "1,2", "--scales", "8",
               "--lr-codecs", "png", "--metrics", "psnr", "--threads", "1", "-q", "--json"]

@@ -112,16 +112,35 @@ def test_models_command_says_experimental_and_what_fails(tmp_path: Path, monkeyp
 
     from tadmcodec import cli
 
-    folder = make_random_model_dir(tmp_path / "m", 32, seed=0)
+    folder = make_random_model_dir(tmp_path / "m", 16, seed=0)
     (folder / registry.RELEASE_FILE).write_text(json.dumps({"fails": "the default bar's PSNR term (3/30)"}))
-    spec = replace(registry.get("tadm-tiny-x32"), weights_dir=lambda: folder)
-    monkeypatch.setitem(registry.MODELS, "tadm-tiny-x32", spec)
+    spec = replace(registry.get("tadm-tiny-x16"), weights_dir=lambda: folder)
+    monkeypatch.setitem(registry.MODELS, "tadm-tiny-x16", spec)
     out = CliRunner().invoke(cli.main, ["models"]).output
     line = next(line for line in out.splitlines() if "fails" in line)
-    assert "experimental: fails the default bar's PSNR term (3/30); runs only with -m tadm-tiny-x32" in line
+    assert "experimental: fails the default bar's PSNR term (3/30); runs only with -m tadm-tiny-x16" in line
     rows = [json.loads(r) for r in CliRunner().invoke(cli.main, ["models", "--json"]).output.splitlines()]
-    row = next(r for r in rows if r["name"] == "tadm-tiny-x32")
+    row = next(r for r in rows if r["name"] == "tadm-tiny-x16")
     assert row["available"] and row["status"] == "experimental" and not row["default"]
+
+
+def test_release_notes_that_state_another_status_break_the_rule(tmp_path: Path) -> None:
+    folder = make_random_model_dir(tmp_path / "m", 16, seed=0)
+    (folder / registry.RELEASE_FILE).write_text(json.dumps({"status": "experimental", "fails": "PSNR"}))
+    stable = spec_at(folder, "tadm-tiny-x16", 1, "stable")
+    problems = check_release_rules(Registry((BICUBIC, stable)))
+    assert len(problems) == 1 and "says 'experimental', the registry 'stable'" in problems[0]
+
+
+def test_the_shipped_x32_model_is_the_default_when_its_weights_are_packaged() -> None:
+    """Issue 16: `tadm encode` with no -m/-s uses the model that passed the default bar (x32 alone did)."""
+    x32 = registry.get("tadm-tiny-x32")
+    if not x32.availability()[0]:
+        pytest.skip("tadm-tiny-x32's weights are not packaged in this checkout")
+    assert x32.status == "stable" and x32.release_notes().get("status") == "stable"
+    assert registry.default_model().name == "tadm-tiny-x32" and registry.default_model(32).name == "tadm-tiny-x32"
+    # no model passed at 8x or 16x: bicubic stays their fallback
+    assert registry.default_model(16).name == "bicubic" and registry.default_model(8).name == "bicubic"
 
 
 SHARED_BACKBONE = Path(__file__).resolve().parents[2] / "shared" / "checkpoints" / "stage0-tiny-cpu" / "export"
