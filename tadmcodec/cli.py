@@ -434,7 +434,10 @@ def info(files, as_json, max_pixels):
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per model, one per line.")
 def models(as_json):
     """List the models, what each needs, and whether it is available here."""
+    from tadmcodec.sizes import SCALES
+
     default = registry.default_model().name
+    default_at = {s: registry.default_model(s).name for s in SCALES}  # what `tadm encode -s S` uses
     for spec in registry.MODELS.values():
         ok, why = spec.availability()
         row = {
@@ -443,6 +446,7 @@ def models(as_json):
             "scales": list(spec.scales),
             "available": ok,
             "default": spec.name == default,
+            "default_at": [s for s, name in default_at.items() if name == spec.name],
             "status": spec.status,
             "standing": spec.status_line(),
             "where" if ok else "needs": why,
@@ -458,6 +462,11 @@ def models(as_json):
             if spec.status in ("experimental", "retired") and ok:
                 click.echo(f"  {'':<15} {row['standing']}; runs only with -m {spec.name}"
                            if spec.status == "experimental" else f"  {'':<15} {row['standing']}")
+            elif row["default_at"]:
+                pinned = f", weights digest {spec.pinned_digest} pinned" if spec.pinned_digest else ""
+                where = ("the default" if row["default"] else
+                         "the default with " + " or ".join(f"-s {s}" for s in row["default_at"]))
+                click.echo(f"  {'':<15} {row['standing']}{pinned}; {where}")
             if not ok:
                 click.echo(f"  {'':<15} needs: {why}")
 

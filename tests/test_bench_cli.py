@@ -142,6 +142,9 @@ def test_bench_reuses_classic_and_bicubic_rows_after_checking_them(images: Path,
     # a new folder, as after a fresh clone: every row comes from the file, none is coded again
     again = json.loads(bench(str(images), "-o", str(tmp_path / "again"), "--reuse", str(old), *args).stdout)
     assert (again["computed"], again["cached"], again["reused"]) == (0, 6, 6)
+    assert f"Reused: 6 of 6 rows (classic codecs and bicubic) come from `{old}`" in \
+        (tmp_path / "again" / "summary.md").read_text()
+    assert "Reused:" not in (tmp_path / "first" / "summary.md").read_text()
     key = lambda r: (r["image"], r["setting"], r["bytes"], r["psnr"], r["ssim"], r["enc_s"])  # noqa: E731
     assert [key(r) for r in csv.DictReader(open(old))] == \
         [key(r) for r in csv.DictReader(open(tmp_path / "again" / "results.csv"))]
@@ -149,6 +152,7 @@ def test_bench_reuses_classic_and_bicubic_rows_after_checking_them(images: Path,
     more = json.loads(bench(str(images), "-o", str(tmp_path / "more"), "--reuse", str(old),
                             *args[:3], "5,40,60", *args[4:]).stdout)
     assert (more["computed"], more["reused"]) == (2, 6)
+    assert "Reused: 6 of 8 rows" in (tmp_path / "more" / "summary.md").read_text()
     # a file that does not match what this machine measures is refused whole, in one line
     rows = list(csv.DictReader(open(old)))
     first_jpeg = next(r for r in rows if r["kind"] == "classic")

@@ -141,6 +141,17 @@ def test_the_shipped_x32_model_is_the_default_when_its_weights_are_packaged() ->
     assert registry.default_model().name == "tadm-tiny-x32" and registry.default_model(32).name == "tadm-tiny-x32"
     # no model passed at 8x or 16x: bicubic stays their fallback
     assert registry.default_model(16).name == "bicubic" and registry.default_model(8).name == "bicubic"
+    # and `tadm models` says so
+    from click.testing import CliRunner
+
+    from tadmcodec import cli
+
+    rows = {r["name"]: r for r in map(json.loads, CliRunner().invoke(cli.main, ["models", "--json"]).output.splitlines())}
+    assert rows["tadm-tiny-x32"]["default"] and rows["tadm-tiny-x32"]["default_at"] == [32]
+    assert not rows["bicubic"]["default"] and rows["bicubic"]["default_at"] == [8, 16]
+    text = CliRunner().invoke(cli.main, ["models"]).output
+    assert f"stable, weights digest {x32.pinned_digest} pinned; the default\n" in text
+    assert "builtin; the default with -s 8 or -s 16\n" in text
 
 
 SHARED_BACKBONE = Path(__file__).resolve().parents[2] / "shared" / "checkpoints" / "stage0-tiny-cpu" / "export"

@@ -2,7 +2,8 @@
 
 Panels: LPIPS-Alex and PSNR always (when computed), DISTS as a third when
 computed. Classic codecs are thin lines, coloured by codec and dashed by
-pre-shrink; our curves are thick. The product's 0.01-0.2 bpp range is shaded.
+pre-shrink; our curves are thick, coloured by model and marked by LR codec. The product's
+0.01-0.2 bpp range is shaded.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from tadmcodec.bench.report import METRIC_TITLES, curves
 CODEC_COLOURS = {"jpeg": "tab:blue", "webp": "tab:green", "avif": "tab:purple", "jxl": "tab:orange"}
 SHRINK_STYLES = {1: "-", 2: "--", 4: ":"}
 OURS_COLOURS = ("tab:red", "black", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
-OURS_MARKERS = ("o", "s", "^", "D", "v", "P")  # distinct markers: LR-codec curves often coincide
+LR_CODEC_MARKERS = {"auto": "o", "png": "s", "webp": "^", "jxl": "D"}  # LR-codec curves often coincide
 
 
 def plot_rd(points: list[dict], metrics: tuple[str, ...], path: Path, title: str = "") -> None:
@@ -25,13 +26,14 @@ def plot_rd(points: list[dict], metrics: tuple[str, ...], path: Path, title: str
 
     panels = [m for m in ("lpips_alex", "psnr", "dists") if m in metrics] or list(metrics)
     fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 5.2), squeeze=False)
-    ours_i = 0
     cs = curves(points)
-    colour_of: dict[str, tuple[str, str]] = {}
+    colour_of: dict[str, tuple[str, str]] = {}  # our curve -> (the model's colour, the LR codec's marker)
+    model_colour: dict[str, str] = {}
     for name, pts in cs.items():
         if pts[0]["kind"] == "ours":
-            colour_of[name] = (OURS_COLOURS[ours_i % len(OURS_COLOURS)], OURS_MARKERS[ours_i % len(OURS_MARKERS)])
-            ours_i += 1
+            model, lr_codec = pts[0]["setting"].split("/")[:2]  # "<model>/<lr codec>/x<scale>"
+            colour = model_colour.setdefault(model, OURS_COLOURS[len(model_colour) % len(OURS_COLOURS)])
+            colour_of[name] = (colour, LR_CODEC_MARKERS.get(lr_codec, "v"))
     for ax, m in zip(axes[0], panels):
         ax.axvspan(0.01, 0.2, color="0.93", zorder=0, label="_range")
         for name, pts in cs.items():

@@ -236,6 +236,7 @@ def summary_markdown(run: BenchRun, points: list[dict], bd: dict, versions: str)
         f"megapixel of the original on {platform.machine()} with {cfg.jobs} job(s), CPU `{cfg.device}`.\n",
         f"Images: {_image_list([i.name for i in run.images])}.\n",
         f"Libraries: {versions}. Generated {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}.\n",
+        *_reuse_note(run.rows),
         "`best-classic` = the Pareto front of every classic codec x quality x pre-shrink (per metric); "
         "n/a = the curves' quality (BD-rate) or rate (BD-quality) ranges do not overlap.\n",
         bd_markdown(bd, cfg.metrics),
@@ -243,6 +244,17 @@ def summary_markdown(run: BenchRun, points: list[dict], bd: dict, versions: str)
         points_markdown(points, cfg.metrics),
     ]
     return "\n".join(parts)
+
+
+def _reuse_note(rows: list[dict]) -> list[str]:
+    """The rows taken from an earlier run (`tadm bench --reuse`): how many, and whose timings they carry."""
+    reused = [r for r in rows if r.get("reused_from")]
+    if not reused:
+        return []
+    sources = ", ".join(f"`{s}`" for s in sorted({r["reused_from"] for r in reused}))
+    return [f"Reused: {len(reused)} of {len(rows)} rows (classic codecs and bicubic) come from {sources} "
+            "(`tadm bench --reuse`, after one classic and one bicubic row were measured again and matched); "
+            "their speed columns are that run's.\n"]
 
 
 def _image_list(names: list[str]) -> str:

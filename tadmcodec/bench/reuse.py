@@ -8,7 +8,8 @@ from the earlier run's `results.csv` into this run's cache, so the run computes 
 Nothing is taken on trust: before seeding, one classic row and one bicubic row are coded and
 measured again here, and a mismatch in bytes or in any metric refuses the whole file. Rows of
 learned models are never reused, since a `results.csv` does not record their weights digest.
-Reused rows keep their timing columns, measured when and where that run was made.
+Reused rows keep their timing columns, measured when and where that run was made; they carry
+`reused_from` in the cache, and the summary counts them and names the file.
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ def seed_cache(config: BenchConfig, results_csv: Path) -> Seeded:
         key = cache_key(s.key, versions["classic" if s.classic else s.model])
         row = old[(img.name, s.key)]
         if cache.get(img.sha, key, config.metrics) is None and all(m in row for m in config.metrics):
-            cache.put(img.sha, key, row)
+            cache.put(img.sha, key, dict(row, reused_from=str(results_csv)))  # the summary says so
             n += 1
     return Seeded(n, checked)
 
