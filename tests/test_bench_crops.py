@@ -101,3 +101,22 @@ def test_script_end_to_end_and_errors(tmp_path) -> None:
                          capture_output=True, text=True)
     assert bad.returncode == 1 and bad.stderr.strip() == f"crops: no photo named nope in {photos}"
     assert not (tmp_path / "o2").exists()
+
+
+
+def test_script_follows_the_default_model_and_its_scale(tmp_path) -> None:
+    from tadmcodec import registry
+
+    default = registry.default_model()
+    if default.name == "bicubic":
+        pytest.skip("no stable model is packaged in this checkout")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(smooth_with_texture(128, 96, (16, 16, 64))).save(photos / "p1.png")
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "crops.py"), "--images", str(photos), "--names",
+                        "p1", "--crop", "64", "--out", str(out), "--threads", "1"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads((out / "crops.json").read_text())
+    assert doc["scale"] == default.scale  # no --scale: the default model's own
+    assert [row["method"] for row in doc["rows"]][-2:] == [default.name, "bicubic"]
