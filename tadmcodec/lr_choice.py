@@ -85,8 +85,11 @@ def choose_lr(rescaler: Rescaler, image: np.ndarray, scale: int, own_lr: np.ndar
     from tadmcodec.rescaler import BicubicRescaler
 
     effort = check_effort(effort)
+    if isinstance(rescaler, BicubicRescaler):  # its own LR image is the bicubic downscale: say so
+        bic = Candidate("bicubic", own_lr)
+        return Choice(bic, (bic,))
     own = Candidate("model", own_lr)
-    if effort == 1 or isinstance(rescaler, BicubicRescaler):
+    if effort == 1:
         return Choice(own, (own,))
     bic_lr = BicubicRescaler().downscale(image, scale)
     if bic_lr.shape == own.lr.shape and np.array_equal(bic_lr, own.lr):

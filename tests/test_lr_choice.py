@@ -75,7 +75,9 @@ def test_nothing_to_choose_decodes_nothing() -> None:
     img = smooth(40, 48)
     same = Fake(offset=0)  # its LR image is the bicubic one
     assert choose_lr(same, img, 8, same.downscale(img, 8)).tried[0].source == "model" and same.decodes == 0
-    assert len(choose_lr(BIC, img, 8, BIC.downscale(img, 8)).tried) == 1
+    plain = choose_lr(BIC, img, 8, BIC.downscale(img, 8))
+    assert len(plain.tried) == 1 and plain.kept.source == "bicubic"
+    assert plain.describe() == "LR image kept: the bicubic downscale (no trial decode)"
 
 
 def test_a_tie_keeps_the_model_s() -> None:
