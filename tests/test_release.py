@@ -175,3 +175,31 @@ def test_packaged_weights_are_enough_to_go_on_training(name: str) -> None:
     assert set(state) == set(S.checkpoint_state(model))
     assert (folder / registry.RELEASE_FILE).is_file()
     assert sum(p.stat().st_size for p in folder.iterdir()) <= 25 * 2**20
+
+
+WEIGHTS_NEXT = Path(__file__).resolve().parents[1] / "weights-next"
+
+
+def _weights_next() -> list[Path]:
+    return sorted(p.parent for p in WEIGHTS_NEXT.glob("*/trainable.safetensors"))
+
+
+@pytest.mark.parametrize("folder", _weights_next() or [None], ids=lambda p: p.name if p else "none")
+def test_weights_next_are_enough_to_go_on_training(folder: Path | None) -> None:
+    """`tadm train --config <its config> --init weights-next/<model>/trainable.safetensors` on a new machine."""
+    if folder is None:
+        pytest.skip("no weights-next/<model>/trainable.safetensors in this checkout")
+    if not SHARED_BACKBONE.is_dir():
+        pytest.skip("../shared (the stage-0 backbone the CPU config trains on) is absent")
+    from tadmcodec.train import stages as S
+
+    notes = json.loads((folder / "next.json").read_text())
+    root = WEIGHTS_NEXT.parent
+    cfg = S.load_config(root / notes["config"], {"backbone": {"dir": str(SHARED_BACKBONE)}})
+    assert cfg["name"] == notes["config_name"] and folder.name.startswith(f"tadm-tiny-x{cfg['scale']}")
+    model = S.build_training_model(cfg)
+    path = folder / "trainable.safetensors"
+    state = S.read_trainable(path)
+    assert S.load_checkpoint_state(model, state, path) == []  # nothing missing, nothing new
+    assert set(state) == set(S.checkpoint_state(model))
+    assert path.stat().st_size <= 25 * 2**20 and not (folder / "model.json").exists()  # not a model folder
