@@ -155,18 +155,15 @@ def bench_command(inputs, out, grid, codecs, shrink, jpeg_quality, webp_quality,
         device=device,
         limit=limit,
         model_dirs=dirs,
+        reuse=Path(reuse) if reuse is not None else None,
     )
-    seeded = None
-    if reuse is not None:
-        from tadmcodec.bench.reuse import seed_cache
-
-        seeded = seed_cache(config, Path(reuse))
-        if not quiet:
-            click.echo(f"tadm: bench: {seeded.rows} rows reused from {reuse} (re-measured and matching: "
-                       f"{'; '.join(seeded.checked) or 'none'})", err=True)
     with _Bar(not quiet, "bench") as bar:
         result = runner.run(config, progress=bar.update)
     files = report.write_all(result, _versions())
+    seeded = result.reused
+    if seeded is not None and not quiet:
+        click.echo(f"tadm: bench: {seeded.rows} rows reused from {reuse} (re-measured and matching: "
+                   f"{'; '.join(seeded.checked) or 'none'})", err=True)
     if not quiet:
         click.echo(
             f"tadm: bench: {len(result.images)} images x {len(result.settings)} settings, "

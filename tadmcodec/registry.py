@@ -278,9 +278,10 @@ def check_release_rules(reg: Registry) -> list[str]:
                                 f"{spec.pinned_digest}: ship changed weights under a new number")
         if spec.status == "retired" and reg.by_number(spec.superseded_by or -1) is None:
             problems.append(f"{spec.name}: retired without an existing successor")
-        if spec.status == "experimental" and spec.availability()[0] and not spec.release_notes().get("fails"):
+        notes = spec.release_notes()
+        if spec.status == "experimental" and spec.availability()[0] and not notes.get("fails"):
             problems.append(f"{spec.name}: experimental weights ship without {RELEASE_FILE} saying what they fail")
-        noted = spec.release_notes().get("status")
+        noted = notes.get("status")
         if noted is not None and noted != spec.status:
             problems.append(f"{spec.name}: its {RELEASE_FILE} says {noted!r}, the registry {spec.status!r}")
     return problems

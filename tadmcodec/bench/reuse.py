@@ -18,11 +18,14 @@ import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 from tadmcodec.bench.cache import ResultCache, cache_key
-from tadmcodec.bench.runner import BenchConfig, _Worker, find_images, plan_settings
 from tadmcodec.bench.settings import Setting
 from tadmcodec.errors import InputError
+
+if TYPE_CHECKING:  # runner imports this module inside run(): no import cycle at run time
+    from tadmcodec.bench.runner import BenchImage, _Worker
 
 _INT_COLUMNS = ("width", "height", "shrink", "bytes")
 _TEXT_COLUMNS = ("image", "setting", "label", "curve", "kind", "codec", "param_name", "lr_codec")
@@ -88,35 +91,33 @@ def _mismatch(old: dict, new: dict, metrics: tuple[str, ...]) -> str | None:
     return None
 
 
-def seed_cache(config: BenchConfig, results_csv: Path) -> Seeded:
-    """Put the reusable rows of `results_csv` that `config` would compute into its cache.
+def seed_cache(results_csv: Path, cache: ResultCache, images: list[BenchImage], settings: list[Setting],
+               versions: dict[str, str], metrics: tuple[str, ...], worker: Callable[[], _Worker]) -> Seeded:
+    """Put the reusable rows of `results_csv` for this run's images x settings into `cache`.
 
-    Re-measures the first reusable classic and bicubic rows first and raises an `InputError`
-    when either differs, so rows from other library versions or other code are never mixed in.
+    Called by `runner.run` with the images, settings and cache it has already built. Re-measures
+    the first reusable classic and bicubic rows first (with `worker()`, the run's own worker) and
+    raises an `InputError` when either differs, so rows from other library versions or other code
+    are never mixed in.
     """
     old = read_results(results_csv)
-    settings, versions = plan_settings(config)
-    images = find_images(config)
     wanted = [(img, s) for img in images for s in settings if reusable(s) and (img.name, s.key) in old]
     checked: list[str] = []
-    worker = None
     for pick in (lambda s: s.classic, lambda s: not s.classic):
         first = next(((img, s) for img, s in wanted if pick(s)), None)
         if first is None:
             continue
         img, s = first
-        worker = worker or _Worker(config.device, config.metrics, config.model_dirs)
-        why = _mismatch(old[(img.name, s.key)], worker.row(img, s), config.metrics)
+        why = _mismatch(old[(img.name, s.key)], worker().row(img, s), metrics)
         if why:
             raise InputError(f"--reuse: {results_csv} does not match this machine for {s.key} on {img.name} "
                              f"({why}); run without --reuse")
         checked.append(f"{s.key} on {img.name}")
-    cache = ResultCache(config.out / "cache")
     n = 0
     for img, s in wanted:
         key = cache_key(s.key, versions["classic" if s.classic else s.model])
         row = old[(img.name, s.key)]
-        if cache.get(img.sha, key, config.metrics) is None and all(m in row for m in config.metrics):
+        if cache.get(img.sha, key, metrics) is None and all(m in row for m in metrics):
             cache.put(img.sha, key, dict(row, reused_from=str(results_csv)))  # the summary says so
             n += 1
     return Seeded(n, checked)

@@ -39,6 +39,7 @@ from tadmcodec.files import expand_inputs
 from tadmcodec.imageio import INPUT_EXTENSIONS, load_image
 
 if TYPE_CHECKING:
+    from tadmcodec.bench.reuse import Seeded
     from tadmcodec.metrics.evaluation import Evaluator
 
 ALL_METRICS: tuple[str, ...] = ("psnr", "ssim", "lpips_alex", "lpips_vgg", "dists")
@@ -69,6 +70,7 @@ class BenchConfig:
     device: str = "cpu"
     limit: int | None = None  # only the first N images (sorted by path)
     model_dirs: dict[str, Path] = field(default_factory=dict)
+    reuse: Path | None = None  # an earlier results.csv whose classic and bicubic rows seed the cache
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,7 @@ class BenchRun:
     computed: int
     cached: int
     seconds: float
+    reused: Seeded | None = None  # what --reuse put into the cache (counted in `cached`)
 
 
 ProgressFn = Callable[[int, int], None]  # (done, total)
@@ -189,6 +192,21 @@ def run(config: BenchConfig, progress: ProgressFn | None = None) -> BenchRun:
     settings, versions = plan_settings(config)
     images = find_images(config)
     cache = ResultCache(config.out / "cache")
+    worker: _Worker | None = None
+
+    def local_worker() -> _Worker:  # one per run: the --reuse spot check and the local rows share it
+        nonlocal worker
+        if worker is None:
+            keep_freed_memory()
+            worker = _Worker(config.device, config.metrics, config.model_dirs)
+        return worker
+
+    reused = None
+    if config.reuse is not None:
+        from tadmcodec.bench.reuse import seed_cache
+
+        with torch_threads(config.threads):
+            reused = seed_cache(config.reuse, cache, images, settings, versions, config.metrics, local_worker)
     rows: dict[tuple[int, int], dict] = {}
     todo: list[tuple[int, int, str]] = []
     for i, img in enumerate(images):
@@ -214,15 +232,13 @@ def run(config: BenchConfig, progress: ProgressFn | None = None) -> BenchRun:
             progress(done, total)
 
     if config.jobs == 1 or len(todo) <= 1:
-        keep_freed_memory()
         with torch_threads(config.threads):
-            worker = _Worker(config.device, config.metrics, config.model_dirs)
             for i, j, key in todo:
-                finish(i, j, key, worker.row(images[i], settings[j]))
+                finish(i, j, key, local_worker().row(images[i], settings[j]))
     else:
         _run_pool(config, images, settings, todo, finish)
     ordered = [rows[(i, j)] for i in range(len(images)) for j in range(len(settings))]
-    return BenchRun(config, images, settings, ordered, len(todo), cached, time.perf_counter() - start)
+    return BenchRun(config, images, settings, ordered, len(todo), cached, time.perf_counter() - start, reused)
 
 
 def keep_freed_memory() -> bool:
