@@ -18,6 +18,10 @@ coded by a TADM model whose folder holds an implicit decoder:
   the last rendering only, on a latent of N/8 cells a side made by bicubic upsampling of a
   real 1024-px photo's latent (the UNet step over that latent is the same for both paths).
 
+"Last rendering" is what the two paths do differently, from the final latent on: the VAE
+decode, its LR back-projection (for a model trained with it) and the Lanczos resampling;
+or the implicit decoder and its LR back-projection at the output size.
+
     python benchmarks/implicit_decoder.py --model-dir runs/liif/model-x32 --photos 8 --crop 512 --big 8192
 
 Writes benchmarks/results/implicit_decoder/{results.json,summary.md}.
@@ -78,8 +82,6 @@ def quality(photos: list[Path], args) -> list[dict]:
     from tadmcodec.rescaler import lr_size
     from tadmcodec import container, lrcodec
     from tadmcodec.tadm.dfrm import dequantize
-    from tadmcodec.tadm.implicit import render_latent
-
     torch.set_num_threads(args.threads)
     codec = Codec(device="cpu", model_dirs={MODEL: Path(args.model_dir)})
     r = codec.rescaler(codec.spec(MODEL))
@@ -92,7 +94,7 @@ def quality(photos: list[Path], args) -> list[dict]:
         with torch.inference_mode():
             q = torch.from_numpy(lr.copy()).permute(2, 0, 1)[None]
             z0, _ = r._enhance(r._gd(r.model.dfrm.from_lr(dequantize(q))))
-        return z0, (h.width, h.height)
+        return z0, lr, (h.width, h.height)
 
     def timed(fn):
         t = time.perf_counter()
@@ -103,7 +105,7 @@ def quality(photos: list[Path], args) -> list[dict]:
     for p in photos:
         x = centre_crop(np.asarray(Image.open(p).convert("RGB")), args.crop)
         h, w = x.shape[:2]
-        row: dict = {"photo": p.name, "size": [w, h]}
+        row: dict = {"photo": p.name, "size": [w, h], "lr_projection": r.lr_projection}
         data = codec.encode(x, MODEL)
         row["bytes"] = len(data)
         # zoom 1 and the smaller outputs
@@ -114,12 +116,12 @@ def quality(photos: list[Path], args) -> list[dict]:
                 out[(zoom, method)] = dec.pixels
                 row[f"z{zoom}_{method}_s"] = round(secs, 3)
                 row[f"z{zoom}_{method}_path"] = dec.path
-        z0, size = final_latent(data)
+        z0, lr, size = final_latent(data)
         for zoom in (0.5, 0.25):
             osz = (max(1, round(w * zoom)), max(1, round(h * zoom)))
             with torch.inference_mode():
-                _, t_vae = timed(lambda: lanczos(r._vae.decode(z0)[:h, :w], osz))
-                _, t_imp = timed(lambda: render_latent(r.model.vae, r.model.implicit, z0, size, osz))
+                _, t_vae = timed(lambda: last_rendering(r, "vae", z0, lr, size, osz))
+                _, t_imp = timed(lambda: last_rendering(r, "implicit", z0, lr, size, osz))
             row[f"z{zoom}_vae_render_s"], row[f"z{zoom}_implicit_render_s"] = round(t_vae, 3), round(t_imp, 3)
         for zoom in (1.0, 0.5, 0.25):
             ref = x if zoom == 1.0 else lanczos(x, (out[(zoom, "vae")].shape[1], out[(zoom, "vae")].shape[0]))
@@ -151,27 +153,43 @@ def quality(photos: list[Path], args) -> list[dict]:
     return rows
 
 
+def last_rendering(r, mode: str, z0, lr: np.ndarray, size: tuple[int, int], out: tuple[int, int]) -> np.ndarray:
+    """From the final latent on, as `TadmRescaler.render` does it for `mode` ("vae" or "implicit")."""
+    from tadmcodec.lr_projection import can_project_resized, project_onto_lr, project_onto_lr_resized
+    from tadmcodec.rescaler import lanczos as resample
+    from tadmcodec.tadm.implicit import render_latent
+
+    scale = r.model.config.scale
+    if mode == "vae":
+        img = r._vae.decode(z0)
+        if r.lr_projection:
+            img = project_onto_lr(img, lr, scale)
+        return resample(np.ascontiguousarray(img[:size[1], :size[0]]), out)
+    img = render_latent(r.model.vae, r.model.implicit, z0, size, out)
+    if r.lr_projection and can_project_resized(out, size, scale):
+        img = project_onto_lr_resized(img, lr, scale, size)
+    return img
+
+
 _BIG = textwrap.dedent("""
     import json, resource, sys, time
     import numpy as np, torch
     from PIL import Image
     sys.path.insert(0, {root!r})
     from tadmcodec import registry
-    from tadmcodec.rescaler import lanczos
-    from tadmcodec.tadm.implicit import render_latent
     from tadmcodec.tadm.loader import load_tadm
+    from benchmarks.implicit_decoder import last_rendering
     torch.set_num_threads({threads})
     r = load_tadm(registry.with_weights_dir(registry.get({model!r}), {model_dir!r}), device="cpu")
     n, out = {n}, ({n} // 4, {n} // 4)
+    s = r.model.config.scale
+    lr = np.asarray(Image.open({photo!r}).convert("RGB").resize((n // s, n // s), Image.Resampling.BICUBIC))
     with torch.inference_mode():
         z = torch.from_numpy(np.load({latent!r}))
         z = torch.nn.functional.interpolate(z, size=(n // 8, n // 8), mode="bicubic")
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         t = time.perf_counter()
-        if {mode!r} == "vae":
-            img = lanczos(r._vae.decode(z), out)
-        else:
-            img = render_latent(r.model.vae, r.model.implicit, z, (n, n), out)
+        img = last_rendering(r, {mode!r}, z, lr, (n, n), out)
         seconds = time.perf_counter() - t
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({{"mode": {mode!r}, "n": n, "out": list(img.shape[:2]), "seconds": seconds,
@@ -198,7 +216,7 @@ def big(args) -> list[dict]:
     rows = []
     for mode in ("implicit", "vae"):
         code = _BIG.format(root=str(ROOT), threads=args.threads, model=MODEL, model_dir=args.model_dir,
-                           latent=str(latent), n=args.big, mode=mode)
+                           latent=str(latent), n=args.big, mode=mode, photo=str(args.big_photo))
         p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=7200)
         if p.returncode != 0:
             raise SystemExit(f"implicit_decoder: --big {mode} failed: {p.stderr.strip().splitlines()[-3:]}")
@@ -215,7 +233,8 @@ def summary(rows: list[dict], big_rows: list[dict], args, command: str) -> str:
     L = ["# Implicit decoder against the VAE decoder path", "",
          f"Command: `{command}`", "",
          f"Machine: {machine()}, {args.threads} torch thread(s). {args.note}", "",
-         f"Model: `{MODEL}` from `{args.model_dir}` (the packaged experimental weights plus the implicit decoder). "
+         f"Model: `{MODEL}` from `{args.model_dir}` (its weights plus the implicit decoder; LR back-projection "
+         f"{'on, in both paths' if rows and rows[0].get('lr_projection') else 'off'}). "
          f"Photos: {len(rows)} Urban100 photos ({', '.join(r['photo'] for r in rows)}), centre crops of "
          f"{args.crop} px.", ""]
     L += ["## Original size (zoom 1), against the original", "",
@@ -262,7 +281,7 @@ def summary(rows: list[dict], big_rows: list[dict], args, command: str) -> str:
           f"{'less' if mean(rows, 'consistency_psnr') > QUANT_PSNR else 'more'} than that.", ""]
     if big_rows:
         n = big_rows[0]["n"]
-        L += [f"## A {n}x{n} original at zoom 0.25 (last rendering only)", "",
+        L += [f"## A {n}x{n} original at zoom 0.25 (last rendering only, with the LR back-projection where the model has it)", "",
               "| path | seconds | peak RSS MB | RSS before MB |", "|---|---|---|---|"]
         for b in big_rows:
             label = "implicit decoder" if b["mode"] == "implicit" else "tiled VAE decode, then Lanczos"

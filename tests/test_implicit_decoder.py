@@ -247,6 +247,28 @@ def test_decode_paths(folders: dict[str, Path]) -> None:
         Codec().decode(bic, zoom=2, max_pixels=10000)  # the file is within the budget, its output is not
 
 
+def test_a_model_with_the_lr_projection_projects_its_implicit_renderings(tmp_path: Path) -> None:
+    """As its VAE decodes are: each rendering is back-projected onto the LR image at its own size."""
+    from tadmcodec.lr_projection import project_onto_lr_resized
+    from tadmcodec.tadm.pipeline import TadmRescaler
+
+    folder = make_random_model_dir(tmp_path / "proj", 16, seed=0, adapters=False, lora=False,
+                                   implicit=MICRO_IMPLICIT, lr_projection=True)
+    r = TadmRescaler(load_model_dir(folder))
+    img = photo(93, 61)
+    lr = r.downscale(img, 16)
+    on, _, path = r.render(lr, 16, (93, 61), (140, 92))
+    assert path == "implicit decoder, LR back-projection" and on.shape == (92, 140, 3)
+    r.enable_lr_projection(False)
+    off, _, path_off = r.render(lr, 16, (93, 61), (140, 92))
+    assert path_off == "implicit decoder"
+    assert np.array_equal(on, project_onto_lr_resized(off, lr, 16, (93, 61)))
+    r.enable_lr_projection(True)
+    # below the trained range it projects where it rendered, then resamples
+    small, _, path_small = r.render(lr, 16, (93, 61), (7, 5))
+    assert small.shape == (5, 7, 3) and path_small == "implicit decoder, LR back-projection at 12x8, then Lanczos"
+
+
 def test_api_size_and_zoom(folders: dict[str, Path]) -> None:
     data = api.encode(photo(80, 48), "bicubic", 16)
     im = api.decode(data, zoom=0.5)
@@ -371,3 +393,26 @@ def test_trainer_runs_exports_and_continues_from_an_export(folders: dict[str, Pa
 
     install(tmp_path / "b" / "export", target)
     assert load_model_dir(target).implicit is not None
+
+
+def test_benchmark_script_end_to_end(tmp_path: Path) -> None:
+    """benchmarks/implicit_decoder.py on a micro x32 model with the LR back-projection, --big included."""
+    model = make_random_model_dir(tmp_path / "m", 32, seed=0, adapters=False, lora=False,
+                                  implicit=MICRO_IMPLICIT, lr_projection=True)
+    data = tmp_path / "photos"
+    data.mkdir()
+    Image.fromarray(photo(160, 136)).save(data / "p1.png")  # zoom 0.25 must leave the metrics 32 px
+    out = tmp_path / "out"
+    root = Path(__file__).resolve().parent.parent
+    r = subprocess.run([sys.executable, str(root / "benchmarks" / "implicit_decoder.py"), "--model-dir", str(model),
+                        "--data", str(data), "--photos", "1", "--crop", "144", "--big", "128",
+                        "--big-photo", str(data / "p1.png"), "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    doc = json.loads((out / "results.json").read_text())
+    row = doc["rows"][0]
+    assert row["lr_projection"] is True and row["size"] == [144, 136]
+    assert row["z0.5_implicit_path"] == "implicit decoder, LR back-projection"
+    assert row["z0.5_vae_path"] == "VAE decoder at full size, then Lanczos"
+    assert {b["mode"] for b in doc["big"]} == {"implicit", "vae"} and all(b["out"] == [32, 32] for b in doc["big"])
+    text = (out / "summary.md").read_text()
+    assert "LR back-projection on, in both paths" in text and "## A 128x128 original at zoom 0.25" in text

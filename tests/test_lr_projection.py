@@ -83,6 +83,57 @@ def test_shapes_are_checked() -> None:
         project_torch(torch.zeros(1, 3, 64, 64), torch.zeros(1, 3, 3, 4), 16)
 
 
+@pytest.mark.parametrize("n,scale", [(64, 8), (96, 16), (512, 32)])
+def test_resized_matrices_at_the_full_size_are_the_plain_ones(n: int, scale: int) -> None:
+    d, u = P.resized_matrices(n, n, n // scale, scale)
+    np.testing.assert_allclose(d, P.down_matrix(n, scale), atol=1e-6)
+    np.testing.assert_allclose(u, P.up_matrix(n, scale), atol=1e-6)
+
+
+def resized_down(img: np.ndarray, size: tuple[int, int], scale: int) -> np.ndarray:
+    (w, h), (oh, ow) = size, img.shape[:2]
+    dy, _ = P.resized_matrices(oh, h, -(-h // scale), scale)
+    dx, _ = P.resized_matrices(ow, w, -(-w // scale), scale)
+    return np.einsum("ya,axc,bx->ybc", dy, img.astype(np.float32), dx)
+
+
+@pytest.mark.parametrize("out", [(200, 150), (333, 250), (100, 75), (451, 338)])
+def test_resized_projection_pulls_any_rendering_onto_the_lr_image(out: tuple[int, int]) -> None:
+    """A 203x151 image at x32 (7x5 LR pixels, the last ones half padding), rendered at other sizes."""
+    size = (203, 151)
+    lr = np.rint(80 + down(smooth(160, 224, seed=3, cell=64), 32) / 2.5).astype(np.uint8)
+    img = (100 + smooth(out[1], out[0], seed=2, cell=2) // 5).astype(np.uint8)
+    got = P.project_onto_lr_resized(img, lr, 32, size)
+    assert got.shape == img.shape
+    before = np.abs(resized_down(img, size, 32) - lr).mean()
+    after = np.abs(resized_down(got, size, 32) - lr).mean()
+    assert after < 0.25 * before, (before, after)
+    # the change is the LR residual upscaled (no clipping here), so the rendering's detail stays
+    (w, h), (oh, ow) = size, img.shape[:2]
+    _, uy = P.resized_matrices(oh, h, lr.shape[0], 32)
+    _, ux = P.resized_matrices(ow, w, lr.shape[1], 32)
+    residual = lr.astype(np.float32) - resized_down(img, size, 32)
+    expected = img + np.einsum("ay,ybc,xb->axc", uy, residual, ux)
+    assert np.abs(got - expected).max() <= 0.51  # rounding, and float32 sums in another order
+    whole = P.project_onto_lr_resized(img, lr, 32, size, strip=1024).astype(int)
+    assert np.abs(P.project_onto_lr_resized(img, lr, 32, size, strip=48).astype(int) - whole).max() <= 1
+
+
+def test_resized_projection_at_the_plain_size_is_the_plain_projection() -> None:
+    img, lr = smooth(128, 192, seed=10), smooth(8, 12, seed=11)
+    plain = P.project_onto_lr(img, lr, 16).astype(int)
+    assert np.abs(P.project_onto_lr_resized(img, lr, 16, (192, 128)).astype(int) - plain).max() <= 1
+
+
+def test_resized_projection_refuses_what_it_cannot_do() -> None:
+    lr = np.zeros((5, 7, 3), np.uint8)
+    assert P.can_project_resized((13, 10), (203, 151), 32) and not P.can_project_resized((12, 10), (203, 151), 32)
+    with pytest.raises(ValueError, match="too coarse"):
+        P.project_onto_lr_resized(np.zeros((9, 12, 3), np.uint8), lr, 32, (203, 151))
+    with pytest.raises(ValueError, match="is not the x32 LR image of a 203x151 image"):
+        P.project_onto_lr_resized(np.zeros((100, 100, 3), np.uint8), lr[:4], 32, (203, 151))
+
+
 def test_torch_is_the_decoders_operator_and_passes_gradients() -> None:
     img, lr = smooth(128, 192, seed=6), smooth(8, 12, seed=7)
     ref = P.project_onto_lr(img, lr, 16).astype(int)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from tadmcodec.errors import FormatError, InputError, ModelError
-from tadmcodec.lr_projection import project_onto_lr
+from tadmcodec.lr_projection import can_project_resized, project_onto_lr, project_onto_lr_resized
 from tadmcodec.rescaler import lanczos, lr_size, pad_to_multiple
 from tadmcodec.tadm.blocks import receptive_radius
 from tadmcodec.tadm.dfrm import dequantize, quantize
@@ -95,7 +95,7 @@ class TadmRescaler:
 
         On by default for a model trained with it (model.json's lr_projection); turning it off
         (or on for a model trained without it) shows what the step does, as the benchmarks do.
-        Not applied to the implicit decoder's renderings at other sizes.
+        The implicit decoder's renderings are projected at their own size (`_render_implicit`).
         """
         self.lr_projection = on
 
@@ -189,7 +189,7 @@ class TadmRescaler:
             z_hat = self._gd(z_lr)
             z0, tmap = self._enhance(z_hat)
             if use_implicit:
-                image, path = self._render_implicit(z0, size, out_size or size)
+                image, path = self._render_implicit(z0, lr, scale, size, out_size or size)
             else:
                 image = self._vae.decode(z0) if self.vae_tiling else to_uint8_image(m.decode_latent(z0))
                 path = "VAE decoder"
@@ -203,9 +203,13 @@ class TadmRescaler:
         tmap_np = np.ascontiguousarray(tmap[:lat_h, :lat_w].cpu().numpy().astype(np.float32))
         return image, tmap_np, path
 
-    def _render_implicit(self, z0: torch.Tensor, size: tuple[int, int],
+    def _render_implicit(self, z0: torch.Tensor, lr: np.ndarray, scale: int, size: tuple[int, int],
                          out_size: tuple[int, int]) -> tuple[np.ndarray, str]:
-        """The implicit decoder at out_size; below its trained range, at the smallest trained size then Lanczos."""
+        """The implicit decoder at out_size; below its trained range, at the smallest trained size then Lanczos.
+
+        With the LR back-projection on, the rendering is back-projected onto the LR image at the
+        size it was rendered (`project_onto_lr_resized`), as the VAE path's decode is at full size.
+        """
         from tadmcodec.tadm.implicit import render_latent
 
         dec = self.model.implicit
@@ -213,9 +217,12 @@ class TadmRescaler:
         lo = dec.config.trained_zoom[0]
         target = tuple(max(o, min(s, int(np.ceil(s * lo)))) for o, s in zip(out_size, size))
         image = render_latent(self.model.vae, dec, z0, size, target, tiled=self.vae_tiling)  # type: ignore[arg-type]
+        path = "implicit decoder"
+        if self.lr_projection and can_project_resized(target, size, scale):  # type: ignore[arg-type]
+            image, path = project_onto_lr_resized(image, lr, scale, size), "implicit decoder, LR back-projection"
         if target == tuple(out_size):
-            return image, "implicit decoder"
-        return lanczos(image, out_size), f"implicit decoder at {target[0]}x{target[1]}, then Lanczos"
+            return image, path
+        return lanczos(image, out_size), f"{path} at {target[0]}x{target[1]}, then Lanczos"
 
     def _gd(self, z_lr: torch.Tensor) -> torch.Tensor:
         fn = self.model.dfrm.decode_features
