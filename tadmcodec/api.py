@@ -72,8 +72,8 @@ def encode(
     `tadm encode` reads files: EXIF orientation applied, grey and palette made
     RGB, 16-bit reduced with a warning), a Pillow image (the same rules), or a
     uint8 numpy array of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4).
-    model: a name from `tadm models` (default: the first stable
-    model at the scale, else bicubic; experimental models only by name). scale: 8, 16 or 32 (default: the model's own, else 16).
+    model: a name from `tadm models` (default: the stable model
+    at the scale nearest the headline bar, else bicubic; experimental models only by name). scale: 8, 16 or 32 (default: the model's own, else 16).
     lr_codec: auto | png | webp | jxl. metadata: none | icc | exif | all
     (what of the input's ICC/EXIF to keep; arrays have none). flatten: a colour
     ('white', '#808080' or (r, g, b)) to composite transparent images onto;

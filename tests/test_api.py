@@ -117,8 +117,9 @@ def test_encode_defaults_are_the_cli_defaults(tmp_path: Path) -> None:
     header = container.unpack(api.encode(photo()))
     assert header.model_number == registry.default_model().number
     assert header.scale == (registry.default_model().scale or 16)  # the default model's own scale
-    # with a scale no stable model has, the default is bicubic
-    assert container.unpack(api.encode(photo(), scale=16)).model_number == registry.get("bicubic").number
+    # with -s, the default at that scale; at a scale no stable model has, bicubic
+    assert container.unpack(api.encode(photo(), scale=16)).model_number == registry.default_model(16).number
+    assert container.unpack(api.encode(photo(), scale=8)).model_number == registry.get("bicubic").number
     assert container.unpack(api.encode(photo(), scale=32)).scale == 32
     assert container.unpack(api.encode(photo(), scale=np.int64(8))).scale == 8
 

@@ -114,7 +114,8 @@ def test_models_command_says_experimental_and_what_fails(tmp_path: Path, monkeyp
 
     folder = make_random_model_dir(tmp_path / "m", 16, seed=0)
     (folder / registry.RELEASE_FILE).write_text(json.dumps({"fails": "the default bar's PSNR term (3/30)"}))
-    spec = replace(registry.get("tadm-tiny-x16"), weights_dir=lambda: folder)
+    spec = replace(registry.get("tadm-tiny-x16"), weights_dir=lambda: folder, status="experimental",
+                   pinned_digest="", headline_passes=0)
     monkeypatch.setitem(registry.MODELS, "tadm-tiny-x16", spec)
     out = CliRunner().invoke(cli.main, ["models"]).output
     line = next(line for line in out.splitlines() if "fails" in line)
@@ -132,15 +133,17 @@ def test_release_notes_that_state_another_status_break_the_rule(tmp_path: Path) 
     assert len(problems) == 1 and "says 'experimental', the registry 'stable'" in problems[0]
 
 
-def test_the_shipped_x32_model_is_the_default_when_its_weights_are_packaged() -> None:
-    """Issue 16: `tadm encode` with no -m/-s uses the model that passed the default bar (x32 alone did)."""
-    x32 = registry.get("tadm-tiny-x32")
-    if not x32.availability()[0]:
-        pytest.skip("tadm-tiny-x32's weights are not packaged in this checkout")
-    assert x32.status == "stable" and x32.release_notes().get("status") == "stable"
+def test_the_shipped_defaults_follow_the_bars_when_the_weights_are_packaged() -> None:
+    """Issue 16: with no -m/-s, the stable model nearest the headline bar (x32); -s 16 the stable x16."""
+    x16, x32 = registry.get("tadm-tiny-x16"), registry.get("tadm-tiny-x32")
+    if not (x16.availability()[0] and x32.availability()[0]):
+        pytest.skip("tadm-tiny-x16's or -x32's weights are not packaged in this checkout")
+    for spec in (x16, x32):
+        assert spec.status == "stable" and spec.release_notes().get("status") == "stable"
+    assert x32.headline_passes > x16.headline_passes
     assert registry.default_model().name == "tadm-tiny-x32" and registry.default_model(32).name == "tadm-tiny-x32"
-    # no model passed at 8x or 16x: bicubic stays their fallback
-    assert registry.default_model(16).name == "bicubic" and registry.default_model(8).name == "bicubic"
+    assert registry.default_model(16).name == "tadm-tiny-x16"
+    assert registry.default_model(8).name == "bicubic"  # no model passed at 8x: bicubic stays its fallback
     # and `tadm models` says so
     from click.testing import CliRunner
 
@@ -148,10 +151,40 @@ def test_the_shipped_x32_model_is_the_default_when_its_weights_are_packaged() ->
 
     rows = {r["name"]: r for r in map(json.loads, CliRunner().invoke(cli.main, ["models", "--json"]).output.splitlines())}
     assert rows["tadm-tiny-x32"]["default"] and rows["tadm-tiny-x32"]["default_at"] == [32]
-    assert not rows["bicubic"]["default"] and rows["bicubic"]["default_at"] == [8, 16]
+    assert not rows["tadm-tiny-x16"]["default"] and rows["tadm-tiny-x16"]["default_at"] == [16]
+    assert not rows["bicubic"]["default"] and rows["bicubic"]["default_at"] == [8]
     text = CliRunner().invoke(cli.main, ["models"]).output
     assert f"stable, weights digest {x32.pinned_digest} pinned; the default\n" in text
-    assert "builtin; the default with -s 8 or -s 16\n" in text
+    assert f"stable, weights digest {x16.pinned_digest} pinned; the default with -s 16\n" in text
+    assert "builtin; the default with -s 8\n" in text
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", [s.name for s in registry.REGISTRY.specs if s.status == "stable"])
+def test_a_stable_models_ranking_is_its_committed_bar(name: str) -> None:
+    """headline_passes, which picks the default, is what the bar in release.json measured at its scale."""
+    spec = registry.get(name)
+    if not spec.availability()[0]:
+        pytest.skip(f"{name}'s weights are not packaged in this checkout")
+    bar = json.loads((REPO / spec.release_notes()["bar"]).read_text())
+    assert bar["scale"] == spec.scale and bar["model"].split("=")[0] == name
+    s = bar["summary"]
+    assert s["bars"]["default"]["passes"]
+    terms = ("lpips_vs_classic", "dists_vs_classic", "psnr_margin_vs_bicubic")
+    assert sum(s["images_passing"][t] for t in terms) == spec.headline_passes
+
+
+def test_the_default_is_the_stable_model_nearest_the_headline_bar(tmp_path: Path) -> None:
+    a = make_random_model_dir(tmp_path / "a", 16, seed=0)
+    b = make_random_model_dir(tmp_path / "b", 16, seed=1)
+    first = replace(spec_at(a, "first", 1, "stable"), headline_passes=2)
+    second = replace(spec_at(b, "second", 2, "stable"), headline_passes=5)
+    assert Registry((BICUBIC, first, second)).default_model(16).name == "second"
+    assert Registry((BICUBIC, first, replace(second, headline_passes=2))).default_model().name == "first"  # tie
+    assert Registry((BICUBIC, first, replace(second, status="experimental"))).default_model(16).name == "first"
+    assert Registry((BICUBIC, first)).default_model(32).name == "bicubic"
 
 
 SHARED_BACKBONE = Path(__file__).resolve().parents[2] / "shared" / "checkpoints" / "stage0-tiny-cpu" / "export"
