@@ -416,3 +416,26 @@ def test_benchmark_script_end_to_end(tmp_path: Path) -> None:
     assert {b["mode"] for b in doc["big"]} == {"implicit", "vae"} and all(b["out"] == [32, 32] for b in doc["big"])
     text = (out / "summary.md").read_text()
     assert "LR back-projection on, in both paths" in text and "## A 128x128 original at zoom 0.25" in text
+
+
+DEV_WEIGHTS = Path(__file__).resolve().parents[1] / "dev-weights"
+
+
+@pytest.mark.parametrize("liif, model", [("liif-x32", "tadm-tiny-x32"), ("liif-tiny", "tadm-tiny-x16")])
+def test_committed_implicit_decoders_install_into_the_packaged_model_they_were_trained_for(
+        liif: str, model: str, tmp_path: Path) -> None:
+    """dev-weights/<liif> goes into a copy of tadmcodec/weights/<model> (same VAE), and the folder's digest stays."""
+    import shutil
+
+    from tadmcodec import registry
+    from tadmcodec.train.liif import install
+
+    src, pkg = DEV_WEIGHTS / liif, registry.PACKAGE_WEIGHTS / model
+    if not (src / "implicit_decoder.safetensors").is_file() or not (pkg / "model.json").is_file():
+        pytest.skip(f"dev-weights/{liif} or {model}'s packaged weights are not in this checkout")
+    folder = tmp_path / model
+    shutil.copytree(pkg, folder)
+    install(src, folder)
+    spec = registry.with_weights_dir(registry.get(model), folder)
+    assert spec.availability()[0] and "implicit_decoder" in spec.config()
+    assert spec.digest().hex() == registry.get(model).pinned_digest  # files made before keep decoding
