@@ -36,7 +36,8 @@ def images(tmp_path: Path) -> Path:
 
 # One torch thread: on a shared, loaded CPU idle-spinning OpenMP threads make tiny images slow.
 TINY = ["--codecs", "jpeg,webp", "--jpeg-quality", "5,40", "--webp-quality", "10", "--shrink", "1,2",
-        "--scales", "8,16", "--lr-codecs", "png,webp", "--metrics", "psnr,ssim,lpips_alex", "--threads", "1", "-q"]
+        "--scales", "8,16", "--lr-codecs", "png,webp", "--metrics", "psnr,ssim,lpips_alex", "--threads", "1", "-q",
+        "--models", "bicubic"]  # the packaged models run in tests of their own
 
 
 def bench(*args: str) -> object:
