@@ -18,9 +18,10 @@ coded by a TADM model whose folder holds an implicit decoder:
   the last rendering only, on a latent of N/8 cells a side made by bicubic upsampling of a
   real 1024-px photo's latent (the UNet step over that latent is the same for both paths).
 
-"Last rendering" is what the two paths do differently, from the final latent on: the VAE
-decode, its LR back-projection (for a model trained with it) and the Lanczos resampling;
-or the implicit decoder and its LR back-projection at the output size.
+"Last rendering" is what the two paths do differently, from the final latent on
+(`TadmRescaler.render_final`): the VAE decode, its LR back-projection (for a model trained
+with it) and the Lanczos resampling; or the implicit decoder and its LR back-projection at
+the output size.
 
     python benchmarks/implicit_decoder.py --model-dir runs/liif/model-x32 --photos 8 --crop 512 --big 8192
 
@@ -85,6 +86,7 @@ def quality(photos: list[Path], args) -> list[dict]:
     torch.set_num_threads(args.threads)
     codec = Codec(device="cpu", model_dirs={MODEL: Path(args.model_dir)})
     r = codec.rescaler(codec.spec(MODEL))
+    scale = r.model.config.scale
     if r.model.implicit is None:
         raise SystemExit(f"{args.model_dir} has no implicit decoder ({r.model.implicit_note or 'none in model.json'})")
 
@@ -120,8 +122,8 @@ def quality(photos: list[Path], args) -> list[dict]:
         for zoom in (0.5, 0.25):
             osz = (max(1, round(w * zoom)), max(1, round(h * zoom)))
             with torch.inference_mode():
-                _, t_vae = timed(lambda: last_rendering(r, "vae", z0, lr, size, osz))
-                _, t_imp = timed(lambda: last_rendering(r, "implicit", z0, lr, size, osz))
+                _, t_vae = timed(lambda: r.render_final(z0, lr, scale, size, osz, implicit=False))
+                _, t_imp = timed(lambda: r.render_final(z0, lr, scale, size, osz, implicit=True))
             row[f"z{zoom}_vae_render_s"], row[f"z{zoom}_implicit_render_s"] = round(t_vae, 3), round(t_imp, 3)
         for zoom in (1.0, 0.5, 0.25):
             ref = x if zoom == 1.0 else lanczos(x, (out[(zoom, "vae")].shape[1], out[(zoom, "vae")].shape[0]))
@@ -153,24 +155,6 @@ def quality(photos: list[Path], args) -> list[dict]:
     return rows
 
 
-def last_rendering(r, mode: str, z0, lr: np.ndarray, size: tuple[int, int], out: tuple[int, int]) -> np.ndarray:
-    """From the final latent on, as `TadmRescaler.render` does it for `mode` ("vae" or "implicit")."""
-    from tadmcodec.lr_projection import can_project_resized, project_onto_lr, project_onto_lr_resized
-    from tadmcodec.rescaler import lanczos as resample
-    from tadmcodec.tadm.implicit import render_latent
-
-    scale = r.model.config.scale
-    if mode == "vae":
-        img = r._vae.decode(z0)
-        if r.lr_projection:
-            img = project_onto_lr(img, lr, scale)
-        return resample(np.ascontiguousarray(img[:size[1], :size[0]]), out)
-    img = render_latent(r.model.vae, r.model.implicit, z0, size, out)
-    if r.lr_projection and can_project_resized(out, size, scale):
-        img = project_onto_lr_resized(img, lr, scale, size)
-    return img
-
-
 _BIG = textwrap.dedent("""
     import json, resource, sys, time
     import numpy as np, torch
@@ -178,7 +162,6 @@ _BIG = textwrap.dedent("""
     sys.path.insert(0, {root!r})
     from tadmcodec import registry
     from tadmcodec.tadm.loader import load_tadm
-    from benchmarks.implicit_decoder import last_rendering
     torch.set_num_threads({threads})
     r = load_tadm(registry.with_weights_dir(registry.get({model!r}), {model_dir!r}), device="cpu")
     n, out = {n}, ({n} // 4, {n} // 4)
@@ -189,7 +172,7 @@ _BIG = textwrap.dedent("""
         z = torch.nn.functional.interpolate(z, size=(n // 8, n // 8), mode="bicubic")
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         t = time.perf_counter()
-        img = last_rendering(r, {mode!r}, z, lr, (n, n), out)
+        img, _ = r.render_final(z, lr, s, (n, n), out, implicit={mode!r} == "implicit")
         seconds = time.perf_counter() - t
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({{"mode": {mode!r}, "n": n, "out": list(img.shape[:2]), "seconds": seconds,

@@ -258,11 +258,9 @@ class Registry:
         how close each comes to the classic codecs. Experimental models are never chosen: they
         run only when named.
         """
-        eligible = [s for s in self.specs
-                    if s.default_eligible and (scale is None or scale in s.scales) and s.availability()[0]]
-        if not eligible:
-            return self.models["bicubic"]
-        return max(eligible, key=lambda s: s.headline_passes)  # max keeps the first of equals
+        ranked = sorted((s for s in self.specs if s.default_eligible and (scale is None or scale in s.scales)),
+                        key=lambda s: -s.headline_passes)  # stable sort: registry order on a tie
+        return next((s for s in ranked if s.availability()[0]), self.models["bicubic"])
 
 
 def check_release_rules(reg: Registry) -> list[str]:

@@ -188,20 +188,32 @@ class TadmRescaler:
             z_lr = m.dfrm.from_lr(dequantize(q))
             z_hat = self._gd(z_lr)
             z0, tmap = self._enhance(z_hat)
-            if use_implicit:
-                image, path = self._render_implicit(z0, lr, scale, size, out_size or size)
-            else:
-                image = self._vae.decode(z0) if self.vae_tiling else to_uint8_image(m.decode_latent(z0))
-                path = "VAE decoder"
-                if self.lr_projection:  # on the padded image, which is exactly scale x the LR image
-                    image, path = project_onto_lr(image, lr, scale), "VAE decoder, LR back-projection"
-                image = np.ascontiguousarray(image[:height, :width])
-        if not use_implicit and out_size is not None and out_size != size:
-            image = lanczos(image, out_size)
-            path = "VAE decoder at full size, then Lanczos" + (f" ({m.implicit_note})" if m.implicit_note else "")
+            image, path = self.render_final(z0, lr, scale, size, out_size, use_implicit)
         lat_h, lat_w = -(-height // LATENT_FACTOR), -(-width // LATENT_FACTOR)
         tmap_np = np.ascontiguousarray(tmap[:lat_h, :lat_w].cpu().numpy().astype(np.float32))
         return image, tmap_np, path
+
+    def render_final(self, z0: torch.Tensor, lr: np.ndarray, scale: int, size: tuple[int, int],
+                     out_size: tuple[int, int] | None, implicit: bool) -> tuple[np.ndarray, str]:
+        """The last rendering of `render`, from the final latent z0 on: (image, path taken).
+
+        The VAE path decodes at full size, back-projects (for a model with lr_projection), crops
+        and resamples to out_size with Lanczos; the implicit one is `_render_implicit`. Public so
+        that benchmarks time exactly this step of either path. Call it under inference_mode.
+        """
+        if implicit:
+            return self._render_implicit(z0, lr, scale, size, out_size or size)
+        m = self.model
+        width, height = size
+        image = self._vae.decode(z0) if self.vae_tiling else to_uint8_image(m.decode_latent(z0))
+        path = "VAE decoder"
+        if self.lr_projection:  # on the padded image, which is exactly scale x the LR image
+            image, path = project_onto_lr(image, lr, scale), "VAE decoder, LR back-projection"
+        image = np.ascontiguousarray(image[:height, :width])
+        if out_size is not None and out_size != size:
+            image = lanczos(image, out_size)
+            path = "VAE decoder at full size, then Lanczos" + (f" ({m.implicit_note})" if m.implicit_note else "")
+        return image, path
 
     def _render_implicit(self, z0: torch.Tensor, lr: np.ndarray, scale: int, size: tuple[int, int],
                          out_size: tuple[int, int]) -> tuple[np.ndarray, str]:
