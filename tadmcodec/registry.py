@@ -224,6 +224,16 @@ _SPECS: tuple[ModelSpec, ...] = (
         ),
         weights_dir=_env_dir("TADM_SD21_X32"),
     ),
+    ModelSpec(
+        name="tadm-tiny-x8",
+        number=5,
+        kind="tadm",
+        scales=(8,),
+        description="small TADM trained by this project, 8x",
+        needs="trained weights, not in this release",
+        weights_dir=_package_dir("tadm-tiny-x8"),
+        status="experimental",
+    ),
 )
 """Append only. To ship better weights of a stable model: move its folder to `<name>-n<number>`,
 mark its spec retired (same number and pin, `superseded_by`), and add a new spec under the old

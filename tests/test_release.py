@@ -190,8 +190,10 @@ def test_the_default_is_the_stable_model_nearest_the_headline_bar(tmp_path: Path
 SHARED_BACKBONE = Path(__file__).resolve().parents[2] / "shared" / "checkpoints" / "stage0-tiny-cpu" / "export"
 
 
-@pytest.mark.parametrize("name", ["tadm-tiny-x16", "tadm-tiny-x32"])
-def test_packaged_weights_are_enough_to_go_on_training(name: str) -> None:
+@pytest.mark.parametrize("name, config", [("tadm-tiny-x16", "tadm-tiny-x16-cpu.json"),
+                                          ("tadm-tiny-x32", "tadm-tiny-x32-cpu.json"),
+                                          ("tadm-tiny-x8", "tadm-tiny-x8-cpu-clean.json")])
+def test_packaged_weights_are_enough_to_go_on_training(name: str, config: str) -> None:
     """`tadm train --init tadmcodec/weights/<model>` on a new machine: every trained tensor is there."""
     folder = registry.PACKAGE_WEIGHTS / name
     if not (folder / "model.json").is_file():
@@ -200,7 +202,7 @@ def test_packaged_weights_are_enough_to_go_on_training(name: str) -> None:
         pytest.skip("../shared (the stage-0 backbone the CPU config trains on) is absent")
     from tadmcodec.train import stages as S
 
-    cfg = S.load_config(Path(S.__file__).parent / "configs" / f"{name}-cpu.json",
+    cfg = S.load_config(Path(S.__file__).parent / "configs" / config,
                         {"backbone": {"dir": str(SHARED_BACKBONE)}})
     model = S.build_training_model(cfg)
     state = S.read_trainable(folder)
