@@ -438,6 +438,7 @@ def models(as_json):
 
     default = registry.default_model().name
     default_at = {s: registry.default_model(s).name for s in SCALES}  # what `tadm encode -s S` uses
+    width = max(len(name) for name in registry.MODELS)
     for spec in registry.MODELS.values():
         ok, why = spec.availability()
         row = {
@@ -458,17 +459,17 @@ def models(as_json):
             mark = "*" if row["default"] else " "
             state = "available" if ok else "unavailable"
             scales = "/".join(f"x{s}" for s in spec.scales)
-            click.echo(f"{mark} {spec.name:<15} {scales:<12} {state:<12} {spec.description}")
+            click.echo(f"{mark} {spec.name:<{width}} {scales:<12} {state:<12} {spec.description}")
             if spec.status in ("experimental", "retired") and ok:
-                click.echo(f"  {'':<15} {row['standing']}; runs only with -m {spec.name}"
-                           if spec.status == "experimental" else f"  {'':<15} {row['standing']}")
+                click.echo(f"  {'':<{width}} {row['standing']}; runs only with -m {spec.name}"
+                           if spec.status == "experimental" else f"  {'':<{width}} {row['standing']}")
             elif row["default_at"]:
                 pinned = f", weights digest {spec.pinned_digest} pinned" if spec.pinned_digest else ""
                 where = ("the default" if row["default"] else
                          "the default with " + " or ".join(f"-s {s}" for s in row["default_at"]))
-                click.echo(f"  {'':<15} {row['standing']}{pinned}; {where}")
+                click.echo(f"  {'':<{width}} {row['standing']}{pinned}; {where}")
             if not ok:
-                click.echo(f"  {'':<15} needs: {why}")
+                click.echo(f"  {'':<{width}} needs: {why}")
 
 
 def _register_optional_commands() -> None:

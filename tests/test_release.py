@@ -191,6 +191,42 @@ def test_the_packaged_x8_is_stable_with_the_weights_its_bar_measured() -> None:
     assert spec.digest().hex() == spec.pinned_digest == "5dc856af"  # the folder the bar measured, byte for byte
 
 
+GOLDEN = Path(__file__).resolve().parent / "golden"
+
+
+def test_a_file_of_the_release_before_the_x16_upgrade_decodes_the_same() -> None:
+    """Rule 2 played for real: the x16 file made by commit 8ae8e53 (number 1, digest 81b8d2bd) decodes
+    with this package, which ships number 6 as tadm-tiny-x16 and keeps number 1 as tadm-tiny-x16-n1.
+
+    Made there with `api.encode(img, model="tadm-tiny-x16")` on the 128x96 image that `golden_image`
+    rebuilds; the PNG is that release's own decode of it. The tolerance is for another CPU's float
+    rounding; the new weights decode the same file's latent differently (max 23 levels apart here).
+    """
+    from PIL import Image
+
+    from tadmcodec import api, container
+
+    old, new = registry.get("tadm-tiny-x16-n1"), registry.get("tadm-tiny-x16")
+    if not (old.availability()[0] and new.availability()[0]):
+        pytest.skip("the packaged x16 weights are not in this checkout")
+    data = (GOLDEN / "x16-number1-8ae8e53.tadm").read_bytes()
+    header = container.unpack(data)
+    assert (header.model_number, header.model_digest.hex()) == (1, "81b8d2bd")
+    assert registry.by_number(1) is old and old.status == "retired" and old.superseded_by == new.number == 6
+    want = np.asarray(Image.open(GOLDEN / "x16-number1-8ae8e53-decoded.png")).astype(int)
+    got = np.asarray(api.decode(data)).astype(int)
+    assert got.shape == want.shape and np.abs(got - want).max() <= 3
+    # and today's encoder writes the new number for the same photo
+    assert container.unpack(api.encode(golden_image(), scale=16)).model_number == 6
+
+
+def golden_image(w: int = 128, h: int = 96) -> np.ndarray:
+    rng = np.random.default_rng(16)
+    y, x = np.mgrid[0:h, 0:w]
+    img = np.stack([x * 255 / w, y * 255 / h, 128 + 60 * np.sin(x / 7.0) * np.cos(y / 5.0)], axis=2)
+    return np.clip(img + rng.normal(0, 6, (h, w, 3)), 0, 255).astype(np.uint8)
+
+
 def test_the_default_is_the_stable_model_nearest_the_headline_bar(tmp_path: Path) -> None:
     a = make_random_model_dir(tmp_path / "a", 16, seed=0)
     b = make_random_model_dir(tmp_path / "b", 16, seed=1)
