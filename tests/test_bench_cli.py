@@ -143,8 +143,8 @@ def test_bench_reuses_classic_and_bicubic_rows_after_checking_them(images: Path,
     # a new folder, as after a fresh clone: every row comes from the file, none is coded again
     again = json.loads(bench(str(images), "-o", str(tmp_path / "again"), "--reuse", str(old), *args).stdout)
     assert (again["computed"], again["cached"], again["reused"]) == (0, 6, 6)
-    assert f"Reused: 6 of 6 rows (classic codecs and bicubic) come from `{old}`" in \
-        (tmp_path / "again" / "summary.md").read_text()
+    assert f"Reused: 6 of 6 rows (classic codecs and bicubic) come from `{old}` (`tadm bench --reuse`, after one " \
+        "classic row and one bicubic row were measured again" in (tmp_path / "again" / "summary.md").read_text()
     assert "Reused:" not in (tmp_path / "first" / "summary.md").read_text()
     key = lambda r: (r["image"], r["setting"], r["bytes"], r["psnr"], r["ssim"], r["enc_s"])  # noqa: E731
     assert [key(r) for r in csv.DictReader(open(old))] == \

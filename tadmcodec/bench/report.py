@@ -252,9 +252,12 @@ def _reuse_note(rows: list[dict]) -> list[str]:
     if not reused:
         return []
     sources = ", ".join(f"`{s}`" for s in sorted({r["reused_from"] for r in reused}))
+    kinds = [k for k, present in (("classic", any(r["kind"] == "classic" for r in reused)),
+                                  ("bicubic", any(r["codec"] == "bicubic" for r in reused))) if present]
+    checked = " and ".join(f"one {k} row" for k in kinds)  # seed_cache re-measures one of each kind it reuses
     return [f"Reused: {len(reused)} of {len(rows)} rows (classic codecs and bicubic) come from {sources} "
-            "(`tadm bench --reuse`, after one classic and one bicubic row were measured again and matched); "
-            "their speed columns are that run's.\n"]
+            f"(`tadm bench --reuse`, after {checked} {'were' if len(kinds) > 1 else 'was'} measured again and "
+            "matched); their speed columns are that run's.\n"]
 
 
 def _image_list(names: list[str]) -> str:
