@@ -54,8 +54,8 @@ def test_registry_numbers_are_unique_and_stable() -> None:
     numbers = [s.number for s in registry.MODELS.values()]
     assert len(numbers) == len(set(numbers))
     assert registry.get("bicubic").number == 0 and registry.by_number(1).name == "tadm-tiny-x16-n1"
-    assert registry.by_number(6).name == "tadm-tiny-x16" and registry.by_number(5).name == "tadm-tiny-x8-n5"
-    assert registry.by_number(7).name == "tadm-tiny-x8"
+    assert registry.by_number(6).name == "tadm-tiny-x16-n6" and registry.by_number(5).name == "tadm-tiny-x8-n5"
+    assert registry.by_number(7).name == "tadm-tiny-x8" and registry.by_number(8).name == "tadm-tiny-x16"
     assert registry.by_number(999) is None
     with pytest.raises(ModelError, match="known"):
         registry.get("no-such-model")
